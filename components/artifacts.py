@@ -1,0 +1,124 @@
+"""Content-addressed artifacts: tables (Parquet), model directories and JSON documents.
+
+An `ArtifactRef` is what travels between stages and tasks; payloads stay in the store. The id is the
+sha256 of the content, so the same bytes always get the same id, and a ref names its parents (the inputs
+that produced it) for lineage. Writes go to a staging directory inside the store and are moved into place
+with one rename, so a crash never leaves a half-written artifact visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from components.schemas import conform, schema_of
+
+
+class ArtifactRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str                      # prompts | rollouts | preferences | scores | eval_samples | policy | reward_model | report
+    sha256: str                    # content hash (file bytes, or the sorted (path, file hash) list of a directory)
+    uri: str                       # path relative to the store root
+    schema_version: int = 0        # tables: schemas.SCHEMAS version; others 0
+    parents: tuple[str, ...] = ()  # sha256 of the inputs
+    meta: dict[str, Any] = {}      # small facts worth seeing without loading (rows, member index, ...)
+
+    @property
+    def short(self) -> str:
+        return self.sha256[:12]
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + _file_sha(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+class ArtifactStore:
+    """A local directory store: <root>/<kind>/<sha>{.parquet,.json,/} plus <sha>.ref.json sidecars."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        (self.root / ".staging").mkdir(parents=True, exist_ok=True)
+
+    def path(self, ref: ArtifactRef) -> Path:
+        return self.root / ref.uri
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A scratch directory on the store's filesystem (so publishing is a rename); removed afterwards."""
+        d = Path(tempfile.mkdtemp(dir=self.root / ".staging"))
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _publish(self, staged: Path, kind: str, sha: str, suffix: str, parents, schema_version, meta) -> ArtifactRef:
+        rel = f"{kind}/{sha}{suffix}"
+        dest = self.root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            try:
+                os.rename(staged, dest)  # atomic on one filesystem: the artifact appears whole or not at all
+            except OSError:
+                if not dest.exists():  # another writer published the same content first: fine, same bytes
+                    raise
+        ref = ArtifactRef(kind=kind, sha256=sha, uri=rel, schema_version=schema_version,
+                          parents=tuple(p.sha256 if isinstance(p, ArtifactRef) else p for p in parents), meta=meta)
+        sidecar = self.root / f"{kind}/{sha}.ref.json"
+        tmp = sidecar.with_suffix(".tmp")
+        tmp.write_text(ref.model_dump_json(indent=1))
+        os.replace(tmp, sidecar)
+        return ref
+
+    def put_table(self, kind: str, table: pa.Table, parents=(), meta: dict | None = None) -> ArtifactRef:
+        version, _ = schema_of(kind)
+        table = conform(table, kind, source=f"{kind} table being written")
+        with self.staging_dir() as d:
+            staged = d / "t.parquet"
+            pq.write_table(table, staged, compression="zstd")
+            sha = _file_sha(staged)
+            return self._publish(staged, kind, sha, ".parquet", parents, version,
+                                 {"rows": table.num_rows, **(meta or {})})
+
+    def read_table(self, ref: ArtifactRef) -> pa.Table:
+        return conform(pq.read_table(self.path(ref)), ref.kind, source=str(self.path(ref)))
+
+    def put_dir(self, kind: str, staged_dir: Path, parents=(), meta: dict | None = None) -> ArtifactRef:
+        """Publish a directory written under `staging_dir()` (e.g. a save_pretrained model)."""
+        if any(p.suffix in {".bin", ".pt", ".pth", ".pkl"} for p in staged_dir.rglob("*")):
+            raise ValueError(f"{staged_dir}: only safetensors weights are stored (found pickle-based files)")
+        return self._publish(staged_dir, kind, dir_sha(staged_dir), "", parents, 0, meta or {})
+
+    def put_json(self, kind: str, doc: dict, parents=(), meta: dict | None = None) -> ArtifactRef:
+        with self.staging_dir() as d:
+            staged = d / "doc.json"
+            staged.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str))
+            return self._publish(staged, kind, _file_sha(staged), ".json", parents, 0, meta or {})
+
+    def read_json(self, ref: ArtifactRef) -> dict:
+        return json.loads(self.path(ref).read_text())
+
+    def ref(self, kind: str, sha: str) -> ArtifactRef:
+        return ArtifactRef.model_validate_json((self.root / f"{kind}/{sha}.ref.json").read_text())

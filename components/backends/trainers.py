@@ -1,0 +1,270 @@
+"""Trainers: a Bradley-Terry reward-model member (trl.RewardTrainer) and DPO (trl.DPOTrainer), CPU or GPU.
+
+Both read a starting checkpoint with `from_pretrained`, train, and `save_pretrained` the result (safetensors +
+tokenizer) into `out_dir`, nothing else: no checkpoints, no `training_args.bin`, no files outside `out_dir`
+(TRL's output_dir is a temporary directory next to `out_dir`, removed afterwards). They return a flat dict of
+metrics for the caller to log. torch/transformers/trl/datasets are imported inside the functions.
+
+TRL 1.16 specifics handled here (see shared/STACK-NOTES.md): configs default to bf16 and gradient checkpointing
+(both off here), `warmup_ratio` is gone (a fraction goes to `warmup_steps`), `processing_class=tokenizer`, the DPO
+reference model is passed explicitly, DPOTrainer patches `model.forward` in place (so the trained model is saved
+and must be reloaded from disk before any other use), and DPO's `rpo_alpha` is gone: the SFT term on chosen is
+the loss list `["sigmoid", "sft"]` weighted `[1, sft_coef]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from components.config import PolicyConfig, RewardConfig
+
+logger = logging.getLogger(__name__)
+
+WARMUP_FRACTION = 0.1  # of the optimizer steps; transformers reads warmup_steps < 1 as a fraction
+ROBUST_LABEL_SMOOTHING = 0.1  # robust DPO's assumed label-flip rate (TRL's and the paper's suggested value)
+REWARD_CENTERING = 0.01  # TRL center_rewards_coefficient: keeps members' reward offsets near 0 and comparable
+LOG_WINDOWS = 10  # the trainer logs averages over ~1/LOG_WINDOWS of the run; "last" metrics = the last window
+
+
+def _common_args(tmp_dir: str, *, lr: float, epochs: int, batch_size: int, seed: int, steps: int) -> dict:
+    import torch
+
+    return dict(
+        output_dir=tmp_dir,
+        learning_rate=lr,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        warmup_steps=WARMUP_FRACTION,
+        logging_steps=max(1, math.ceil(steps / LOG_WINDOWS)),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # transformers 5.23's name; overrides TRL's gradient_checkpointing=True
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+def _quiet(trainer) -> None:
+    """disable_tqdm swaps the progress bar for a callback that prints every log dict; we return metrics instead."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def _last_logged(log_history: list[dict], keys: tuple[str, ...]) -> dict:
+    out = {}
+    for key in keys:
+        vals = [entry[key] for entry in log_history if key in entry]
+        out[key] = float(vals[-1]) if vals else float("nan")
+    return out
+
+
+def _save(model, tokenizer, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))  # safetensors
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def _steps(n: int, batch_size: int, epochs: int) -> int:
+    return max(1, math.ceil(n / batch_size)) * epochs
+
+
+def train_reward_member(
+    init_path: str,
+    train_pairs: list[dict],
+    eval_pairs: list[dict],
+    out_dir: Path,
+    cfg: RewardConfig,
+    *,
+    seed: int,
+) -> dict:
+    """Bradley-Terry reward model, loss -log σ(r(x, y_w) - r(x, y_l)), trained with trl.RewardTrainer.
+
+    `init_path` is a causal LM (a fresh score head is initialised from `seed`) or a reward model (warm start).
+    Pairs are dicts with prompt/chosen/rejected (completions start with a space). Each side is scored on
+    `prompt + completion + eos` tokenized exactly as `hf.RewardEnsemble` scores it (we pre-tokenize with
+    `hf.encode_scored`, so TRL's own text processing is bypassed); pairs longer than `cfg.max_length` tokens are
+    dropped (TRL's rule) and counted. Returns train_loss, heldout_accuracy (share of eval pairs with
+    r(chosen) > r(rejected); NaN without eval pairs), heldout_margin, seconds, steps, n_train, dropped_too_long.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    from components.backends.hf import encode_scored, reward_scores
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(init_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    set_seed(seed)  # the fresh score head's initialisation
+    with suppress_seqcls_warning():  # causal LM -> seq-cls: lm_head unused, score head new (expected)
+        model = AutoModelForSequenceClassification.from_pretrained(init_path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    rows = []
+    for p in train_pairs:
+        chosen, _ = encode_scored(tokenizer, p["prompt"], p["chosen"])
+        rejected, _ = encode_scored(tokenizer, p["prompt"], p["rejected"])
+        rows.append({"chosen_ids": chosen, "rejected_ids": rejected})
+    kept = sum(max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= cfg.max_length for r in rows)
+    if kept == 0:
+        raise ValueError(f"no training pair fits max_length={cfg.max_length} tokens ({len(rows)} pairs given)")
+    steps = _steps(kept, cfg.batch_size, cfg.epochs)
+
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=_parent(out_dir)) as tmp:
+        args = TRLRewardConfig(
+            **_common_args(tmp, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                           steps=steps),
+            max_length=cfg.max_length,
+            center_rewards_coefficient=REWARD_CENTERING,
+        )
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
+        _quiet(trainer)
+        result = trainer.train()
+        model = trainer.model
+        model.eval()
+        _save(model, tokenizer, out_dir)
+
+    heldout_accuracy = heldout_margin = float("nan")
+    if eval_pairs:
+        prompts = [p["prompt"] for p in eval_pairs]
+        r_chosen = reward_scores(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs])
+        r_rejected = reward_scores(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs])
+        heldout_accuracy = float(np.mean(r_chosen > r_rejected))
+        heldout_margin = float(np.mean(r_chosen - r_rejected))
+    return {
+        "train_loss": float(result.training_loss),
+        "heldout_accuracy": heldout_accuracy,
+        "heldout_margin": heldout_margin,
+        "seconds": time.perf_counter() - t0,
+        "steps": int(trainer.state.global_step),
+        "n_train": kept,
+        "dropped_too_long": len(rows) - kept,
+    }
+
+
+def _parent(out_dir: Path) -> str:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return str(out_dir.parent)
+
+
+def _dpo_losses(cfg: PolicyConfig) -> dict:
+    losses = {"loss_type": [cfg.loss_type], "loss_weights": [1.0]}
+    if cfg.loss_type == "robust":
+        losses["label_smoothing"] = ROBUST_LABEL_SMOOTHING
+    if cfg.sft_coef > 0:
+        losses["loss_type"].append("sft")
+        losses["loss_weights"].append(cfg.sft_coef)
+    return losses
+
+
+def _check_dpo_tokens(example: dict, tokenizer, pair: dict) -> None:
+    """Warn if TRL tokenized a pair differently from `hf.encode_scored` (then the KL/log-prob estimates of
+    `hf.sequence_logprobs` would score other tokens than DPO trained on)."""
+    from components.backends.hf import encode_scored
+
+    ids, prompt_len = encode_scored(tokenizer, pair["prompt"], pair["chosen"])
+    if example["prompt_ids"] != ids[:prompt_len] or example["chosen_ids"] != ids[prompt_len:]:
+        logger.warning(
+            "DPOTrainer tokenized %r differently from hf.encode_scored: TRL %s + %s, ours %s + %s",
+            pair["prompt"] + pair["chosen"], example["prompt_ids"], example["chosen_ids"], ids[:prompt_len],
+            ids[prompt_len:],
+        )
+
+
+DPO_LOGGED = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def train_dpo(
+    policy_path: str,
+    ref_path: str,
+    pairs: list[dict],
+    out_dir: Path,
+    cfg: PolicyConfig,
+    *,
+    seed: int,
+) -> dict:
+    """DPO from `policy_path` against the reference loaded from `ref_path`, saved to `out_dir`.
+
+    loss_type sigmoid/ipo/robust are TRL's (robust with label_smoothing = ROBUST_LABEL_SMOOTHING); sft_coef > 0
+    adds TRL's "sft" loss (mean NLL of chosen tokens) with that weight, i.e. RPO. TRL tokenizes
+    `prompt + completion + eos` as one string, the same text `hf.sequence_logprobs` scores. Returns the last
+    logged window of loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected}, plus
+    train_loss (mean over the run), seconds, steps, n_train.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if not pairs:
+        raise ValueError("train_dpo needs at least one preference pair")
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32)
+    ref_model.eval().requires_grad_(False)
+    data = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    steps = _steps(len(pairs), cfg.batch_size, cfg.epochs)
+
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=_parent(out_dir)) as tmp:
+        args = DPOConfig(
+            **_common_args(tmp, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                           steps=steps),
+            beta=cfg.beta,
+            max_length=cfg.max_length,
+            **_dpo_losses(cfg),
+        )
+        trainer = DPOTrainer(
+            model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=tokenizer
+        )
+        _quiet(trainer)
+        _check_dpo_tokens(trainer.train_dataset[0], tokenizer, pairs[0])
+        result = trainer.train()
+        # trainer.model.forward is patched (fused LM head): save, and let users reload from out_dir
+        _save(trainer.model, tokenizer, out_dir)
+        n_train = len(trainer.train_dataset)
+
+    metrics = _last_logged(trainer.state.log_history, DPO_LOGGED)
+    metrics.update(
+        train_loss=float(result.training_loss),
+        seconds=time.perf_counter() - t0,
+        steps=int(trainer.state.global_step),
+        n_train=n_train,
+    )
+    return metrics

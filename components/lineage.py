@@ -1,0 +1,148 @@
+"""MLflow as the system of record: one experiment per loop, a parent run per iteration, a child run per stage,
+lineage tags, and the model registry with aliases (`champion`, `candidate`, `previous`).
+
+Only the MLflow client API is used (no fluent global state), so several processes and threads can track
+safely. Everything here is idempotent by tags, which is what makes a resumed iteration reuse its runs and
+registered versions instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from components.artifacts import ArtifactRef
+
+TAG_ITER, TAG_STAGE, TAG_SHA = "alignloop.iteration", "alignloop.stage", "alignloop.artifact_sha"
+POLICY, REWARD_MODEL = "policy", "reward-model"
+
+
+def _client(tracking_uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, artifact_root: str, experiment: str):
+        self.client = _client(tracking_uri)
+        self.tracking_uri = tracking_uri
+        exp = self.client.get_experiment_by_name(experiment)
+        # An explicit artifact location, or artifacts land in ./mlruns of whatever directory we run in.
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_root)
+
+    # ---- runs -------------------------------------------------------------------------------------------
+    def _find(self, filter_string: str):
+        runs = self.client.search_runs([self.experiment_id], filter_string, order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return runs[0] if runs else None
+
+    def iteration_run(self, iteration: int, loop: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        """The iteration's parent run: reused when resuming (unfinished runs with the same iteration tag)."""
+        found = self._find(f"tags.`{TAG_ITER}` = '{iteration}' and tags.`{TAG_STAGE}` = 'iteration'"
+                           " and attributes.status != 'FAILED'")
+        if found and found.info.status != "FINISHED":
+            # A previous attempt crashed: mark its dangling stage runs killed, keep the parent.
+            for child in self.client.search_runs([self.experiment_id],
+                                                 f"tags.`mlflow.parentRunId` = '{found.info.run_id}'"
+                                                 " and attributes.status = 'RUNNING'"):
+                self.client.set_terminated(child.info.run_id, "KILLED")
+            self.client.update_run(found.info.run_id, status="RUNNING")
+            return found.info.run_id
+        if found:
+            return found.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{loop}/iter-{iteration}",
+                                     tags={TAG_ITER: str(iteration), TAG_STAGE: "iteration", **tags})
+        for k, v in params.items():
+            self.client.log_param(run.info.run_id, k, v)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(run_id, "alignloop.error", error[-4000:])
+        self.client.set_terminated(run_id, status)
+
+    @contextlib.contextmanager
+    def stage_run(self, parent_run_id: str, iteration: int, stage: str, loop: str, *,
+                  inputs: dict[str, ArtifactRef], tags: dict[str, str], params: dict[str, Any]) -> Iterator["StageRun"]:
+        run = self.client.create_run(self.experiment_id, run_name=f"{loop}/iter-{iteration}/{stage}", tags={
+            "mlflow.parentRunId": parent_run_id, TAG_ITER: str(iteration), TAG_STAGE: stage, **tags,
+            **{f"input.{k}": ref.sha256 for k, ref in inputs.items()}})
+        stage_run = StageRun(self.client, run.info.run_id, stage)
+        for k, v in params.items():
+            self.client.log_param(run.info.run_id, k, v)
+        try:
+            yield stage_run
+        except BaseException as err:
+            self.client.set_tag(run.info.run_id, "alignloop.error",
+                                "".join(traceback.format_exception(err))[-4000:])
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    # ---- registry -----------------------------------------------------------------------------------------
+    def register(self, name: str, ref: ArtifactRef, source: str, run_id: str, tags: dict[str, str]) -> str:
+        """Register `source` as a version of `name`; idempotent by the artifact's content hash."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        existing = self.client.search_model_versions(f"name = '{name}' and tags.`{TAG_SHA}` = '{ref.sha256}'")
+        if existing:
+            return existing[0].version
+        mv = self.client.create_model_version(name, source=source, run_id=run_id,
+                                              tags={TAG_SHA: ref.sha256, **tags})
+        return mv.version
+
+    def alias(self, name: str, alias: str):
+        """The ModelVersion an alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def promote(self, name: str, version: str) -> None:
+        """champion → previous, candidate → champion. `champion` is written last, so an interruption leaves
+        the old champion in place (a stale `previous` is harmless: rollback re-reads `champion` first)."""
+        old = self.alias(name, "champion")
+        if old is not None and old.version != str(version):
+            self.set_alias(name, "previous", old.version)
+        self.set_alias(name, "champion", version)
+
+
+class StageRun:
+    def __init__(self, client, run_id: str, stage: str):
+        self.client, self.run_id, self.stage = client, run_id, stage
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Namespaced `stage/metric`; NaN/inf are skipped (MLflow rejects them on some stores)."""
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k if "/" in k else f"{self.stage}/{k}", float(v), now, step or 0)
+                 for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def outputs(self, refs: dict[str, ArtifactRef]) -> None:
+        for k, ref in refs.items():
+            self.client.set_tag(self.run_id, f"output.{k}", ref.sha256)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)

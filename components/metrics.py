@@ -1,0 +1,30 @@
+"""Evaluation statistics with uncertainty: paired win rate with a bootstrap CI, and a sequence-level KL."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def win_rate(candidate: np.ndarray, champion: np.ndarray, groups: np.ndarray, *, confidence: float = 0.95,
+             resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Win rate of candidate over champion on paired comparisons (win 1, tie ½, loss 0).
+
+    `candidate[i]` and `champion[i]` are scores of the i-th paired sample on the same prompt, `groups[i]` that
+    prompt. The CI is a percentile bootstrap that resamples *prompts* (samples of one prompt are correlated).
+    """
+    candidate, champion = np.asarray(candidate, float), np.asarray(champion, float)
+    outcome = (candidate > champion) + 0.5 * (candidate == champion)
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.bincount(inv, weights=outcome, minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq)).astype(float)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(uniq), size=(resamples, len(uniq)))
+    boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    alpha = (1 - confidence) / 2
+    return {"value": float(outcome.mean()), "ci_low": float(np.quantile(boot, alpha)),
+            "ci_high": float(np.quantile(boot, 1 - alpha)), "n": int(outcome.size)}
+
+
+def kl_estimate(logp_policy: np.ndarray, logp_ref: np.ndarray) -> float:
+    """KL(π || π_ref) in nats per sequence, estimated on samples y ~ π: mean of log π(y|x) − log π_ref(y|x)."""
+    return float(np.mean(np.asarray(logp_policy, float) - np.asarray(logp_ref, float)))

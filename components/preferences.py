@@ -1,0 +1,65 @@
+"""Preference-pair construction and filtering over one iteration's rollouts (pure functions over arrays)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def pair_id(prompt: str, chosen: str, rejected: str) -> str:
+    return hashlib.sha256("\x1f".join((prompt, chosen, rejected)).encode()).hexdigest()[:32]
+
+
+def _groups(group_ids: list[str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    return groups
+
+
+def best_vs_worst(group_ids: list[str], reward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt group: chosen = argmax reward, rejected = argmin reward (groups with one distinct reward
+    value are skipped, they carry no preference). Returns index arrays (chosen, rejected)."""
+    chosen, rejected = [], []
+    for idx in _groups(group_ids).values():
+        r = reward[idx]
+        hi, lo = idx[int(np.argmax(r))], idx[int(np.argmin(r))]
+        if reward[hi] > reward[lo]:
+            chosen.append(hi)
+            rejected.append(lo)
+    return np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
+
+
+def random_pairs(group_ids: list[str], n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `n_pairs` distinct unordered pairs within prompt groups, spread evenly over groups
+    (round-robin), in random order. Orientation is left to the labeler."""
+    per_group = []
+    for idx in _groups(group_ids).values():
+        pairs = [(a, b) for i, a in enumerate(idx) for b in idx[i + 1:]]
+        rng.shuffle(pairs)
+        per_group.append(pairs)
+    picked: list[tuple[int, int]] = []
+    depth = 0
+    while len(picked) < n_pairs and any(depth < len(p) for p in per_group):
+        picked += [p[depth] for p in per_group if depth < len(p)]
+        depth += 1
+    picked = picked[:n_pairs]
+    rng.shuffle(picked)
+    a = np.asarray([p[0] for p in picked], dtype=np.int64)
+    b = np.asarray([p[1] for p in picked], dtype=np.int64)
+    return a, b
+
+
+def orient(reward: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orient pairs by a labeler's reward: returns (chosen, rejected, keep) where ties are not kept."""
+    a_wins = reward[a] > reward[b]
+    chosen = np.where(a_wins, a, b)
+    rejected = np.where(a_wins, b, a)
+    return chosen, rejected, reward[a] != reward[b]
+
+
+def confident(margin: np.ndarray, margin_std: np.ndarray, min_margin_over_std: float) -> np.ndarray:
+    """Keep a pair only if its margin clears the ensemble's uncertainty: margin > k · std(margin).
+    With k = 0 every pair with a positive margin is kept."""
+    return margin > min_margin_over_std * margin_std

@@ -1,0 +1,288 @@
+"""python -m components.toy.bootstrap {prompts,tokenizer,sft} [--params params.yaml] [--out-root .]
+
+Bootstraps the embedded synthetic task (DESIGN.md section 4); `dvc.yaml` runs the three stages in order:
+
+- prompts:   the prompt pool, `data/prompts/pool.parquet` (prompt_id, prompt, source, split).
+- tokenizer: the word-level tokenizer, `data/bootstrap/tokenizer/`.
+- sft:       a tiny GPT-2 pre-trained from scratch on the mediocre review corpus, saved with its tokenizer in
+             `data/bootstrap/policy/`, and its starting figures in `data/bootstrap/sft_metrics.json`: held-out LM
+             loss before and after, and the gold reward of the corpus, of the policy's samples and of the best
+             of n samples per prompt (the headroom the RLHF loop can reach).
+
+Values come from the `bootstrap:` section of params.yaml; `build_all` runs everything into any directory with
+some of them overridden (the tests use it with tiny settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.toy.gold import gold_reward
+from components.toy.language import make_prompt_pool, sample_corpus
+
+PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
+PROMPT_POOL = Path("data/prompts/pool.parquet")
+TOKENIZER_DIR = Path("data/bootstrap/tokenizer")
+POLICY_DIR = Path("data/bootstrap/policy")
+SFT_METRICS = Path("data/bootstrap/sft_metrics.json")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PromptParams(_Frozen):
+    n_train_per_topic: int = Field(description="train rows per topic in the pool (16 topics)")
+    n_eval_per_topic: int = Field(description="eval rows per topic; their prompt texts never appear in train")
+
+
+class CorpusParams(_Frozen):
+    n_reviews: int = Field(description="pre-training reviews, drawn with `seed`")
+    n_heldout: int = Field(description="held-out reviews (seed + 1) for the LM loss and the corpus gold mean")
+
+
+class ModelParams(_Frozen):
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int = Field(description="longest sequence; longer reviews are truncated (their eos is lost)")
+
+
+class TrainParams(_Frozen):
+    steps: int = Field(description="optimizer steps; batches are drawn with replacement")
+    batch_size: int
+    lr: float = Field(description="peak AdamW learning rate, reached after warmup, then cosine decay to lr/10")
+    warmup_steps: int
+    weight_decay: float
+
+
+class EvalParams(_Frozen):
+    n_prompts: int = Field(description="held-out prompts sampled from after training (temperature 1)")
+    best_of: int = Field(description="samples per prompt; the best by gold gives the headroom figure")
+    max_new_tokens: int
+
+
+class BootstrapParams(_Frozen):
+    seed: int
+    prompts: PromptParams
+    corpus: CorpusParams
+    model: ModelParams
+    train: TrainParams
+    eval: EvalParams
+
+
+def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> BootstrapParams:
+    """The `bootstrap:` section of `path`, with `overrides` merged in section by section; unknown keys fail."""
+    values = yaml.safe_load(path.read_text())["bootstrap"]
+    for key, value in (overrides or {}).items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) else value
+    return BootstrapParams.model_validate(values)
+
+
+def write_prompt_pool(path: Path, params: BootstrapParams) -> Path:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pool = make_prompt_pool(params.seed, params.prompts.n_train_per_topic, params.prompts.n_eval_per_topic)
+    pq.write_table(pool, path)
+    return path
+
+
+def write_tokenizer(out_dir: Path) -> Path:
+    from components.toy.tokenizer import build_tokenizer
+
+    build_tokenizer(out_dir)
+    return out_dir
+
+
+def _encode(tokenizer, pairs: list[tuple[str, str]], max_len: int):
+    """Right-padded `prompt + completion + <eos>` ids [N, max_len] and their attention mask."""
+    import torch
+
+    rows = [tokenizer(p + c)["input_ids"][: max_len - 1] + [tokenizer.eos_token_id] for p, c in pairs]
+    ids = torch.full((len(rows), max_len), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def _length_grouped_batches(lengths, batch_size: int, steps: int, seed: int):
+    """`steps` batches of row indices, epoch after epoch, each holding rows of similar length.
+
+    Reviews run from ~8 to ~60 tokens and a batch costs as much as its longest row: random batches padded to
+    that length waste most of the compute. So each epoch is shuffled, cut into windows of 32 batches, and each
+    window sorted by length before it is cut into batches, whose order is shuffled again.
+    """
+    import torch
+
+    if len(lengths) < batch_size:
+        raise ValueError(f"{len(lengths)} reviews cannot fill a batch of {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    window = 32 * batch_size
+    batches: list = []
+    while len(batches) < steps:
+        order = torch.randperm(len(lengths), generator=generator)
+        epoch = []
+        for w in range(0, len(order), window):
+            rows = order[w : w + window]
+            rows = rows[torch.argsort(lengths[rows], stable=True)]
+            epoch += [rows[b : b + batch_size] for b in range(0, len(rows) - batch_size + 1, batch_size)]
+        batches += [epoch[i] for i in torch.randperm(len(epoch), generator=generator)]
+    return batches[:steps]
+
+
+def _lm_loss(model, ids, mask):
+    """Mean next-token cross-entropy over the real tokens of a right-padded batch (prompt included)."""
+    width = int(mask.sum(1).max())  # drop all-padding columns: the batch's longest row sets the cost
+    ids, mask = ids[:, :width], mask[:, :width]
+    return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+
+
+def _heldout_loss(model, ids, mask, batch_size: int = 256) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        total = sum(_lm_loss(model, ids[i : i + batch_size], mask[i : i + batch_size]).item()
+                    * (mask[i : i + batch_size, 1:].sum().item()) for i in range(0, len(ids), batch_size))
+    model.train()
+    return total / mask[:, 1:].sum().item()
+
+
+def sample_completions(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int) -> list[list[str]]:
+    """`n` completions per prompt, sampled at temperature 1 from the full distribution (no top-k/top-p)."""
+    import torch
+
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, num_return_sequences=n)
+    model.train()
+    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    # Completions start with a space by the language's convention; decode joins words without one in front.
+    return [[" " + t for t in texts[i * n : (i + 1) * n]] for i in range(len(prompts))]
+
+
+def _gold_figures(model, tokenizer, heldout: list[tuple[str, str]], ev: EvalParams) -> dict[str, float]:
+    prompts = [p for p, _ in heldout[: ev.n_prompts]]
+    samples = sample_completions(model, tokenizer, prompts, ev.best_of, ev.max_new_tokens)
+    rewards = [gold_reward([p] * ev.best_of, s) for p, s in zip(prompts, samples)]
+    flat = [c for s in samples for c in s]
+    return {
+        "sft/gold_corpus": _mean(gold_reward([p for p, _ in heldout], [c for _, c in heldout])),
+        "sft/gold_policy": _mean([r for rs in rewards for r in rs]),
+        f"sft/gold_best_of_{ev.best_of}": _mean([max(rs) for rs in rewards]),
+        "sft/completion_tokens": _mean([len(tokenizer(c)["input_ids"]) for c in flat]),
+        "sft/eos_rate": _mean([len(tokenizer(c)["input_ids"]) < ev.max_new_tokens for c in flat]),
+    }
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs)
+
+
+def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, params: BootstrapParams) -> dict:
+    """Pre-train the bootstrap policy from scratch and save it with its tokenizer; returns the metrics written."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    m, tr = params.model, params.train
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+        # The corpus is unlimited synthetic data: the model underfits, so dropout would only slow it down.
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    train_ids, train_mask = _encode(tokenizer, sample_corpus(params.seed, params.corpus.n_reviews), m.n_positions)
+    heldout = sample_corpus(params.seed + 1, params.corpus.n_heldout)
+    heldout_ids, heldout_mask = _encode(tokenizer, heldout, m.n_positions)
+    loss_init = _heldout_loss(model, heldout_ids, heldout_mask)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+
+    def lr_factor(step: int) -> float:  # linear warmup, then cosine from 1 down to 0.1
+        if step < tr.warmup_steps:
+            return (step + 1) / tr.warmup_steps
+        progress = (step - tr.warmup_steps) / max(1, tr.steps - tr.warmup_steps)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    batches = _length_grouped_batches(train_mask.sum(1), tr.batch_size, tr.steps, params.seed)
+    start = time.perf_counter()
+    for step, rows in enumerate(batches, 1):
+        loss = _lm_loss(model, train_ids[rows], train_mask[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % max(1, tr.steps // 10) == 0:
+            print(f"sft step {step}/{tr.steps} loss {loss.item():.3f} {time.perf_counter() - start:.0f}s",
+                  file=sys.stderr)
+    train_seconds = time.perf_counter() - start
+
+    metrics = {
+        "sft/heldout_loss_init": loss_init,
+        "sft/heldout_loss": _heldout_loss(model, heldout_ids, heldout_mask),
+        "sft/train_loss_last_batch": loss.item(),
+        "sft/train_seconds": train_seconds,
+        **_gold_figures(model, tokenizer, heldout, params.eval),
+    }
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    model.save_pretrained(policy_dir)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(policy_dir)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def build_all(out_root: Path, params: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Run prompts, tokenizer and sft into `out_root`, with `params` overriding params.yaml's `bootstrap:`."""
+    out_root = Path(out_root)
+    p = load_params(overrides=params)
+    paths = {
+        "prompts": write_prompt_pool(out_root / PROMPT_POOL, p),
+        "tokenizer": write_tokenizer(out_root / TOKENIZER_DIR),
+        "policy": out_root / POLICY_DIR,
+        "metrics": out_root / SFT_METRICS,
+    }
+    pretrain_policy(paths["tokenizer"], paths["policy"], paths["metrics"], p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m components.toy.bootstrap", description=__doc__.split("\n")[2])
+    parser.add_argument("stage", choices=("prompts", "tokenizer", "sft"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out-root", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    root = args.out_root
+    if args.stage == "prompts":
+        print(f"wrote {write_prompt_pool(root / PROMPT_POOL, params)}")
+    elif args.stage == "tokenizer":
+        print(f"wrote {write_tokenizer(root / TOKENIZER_DIR)}")
+    else:
+        metrics = pretrain_policy(root / TOKENIZER_DIR, root / POLICY_DIR, root / SFT_METRICS, params)
+        print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Data versioning: each iteration's artifacts tracked in a git+DVC data repository, pushed, and tagged.
+
+Runs never commit into the code repository, yet anyone must be able to fetch iteration N's preferences
+or rollouts later, e.g. `dvc get workspace/data iterations/iter-0003/preferences.parquet --rev iter-3` or
+`dvc.api.open(..., repo="workspace/data", rev="iter-3")`. So the workspace holds its own repository
+(`workspace/data`: one directory per iteration, one .dvc file per artifact) whose DVC remote is a local
+directory by default and an S3 URL in production.
+
+Steps of `track_iteration`: link files in, `dvc add`, git commit, `dvc push`, and only then the tag
+`iter-N`. A tag therefore means "committed and on the remote"; a crash anywhere before it is repaired by
+running the same call again, and a tagged iteration is never rewritten.
+
+The data repo's DVC cache hardlinks (falling back to copies), and files come in as hardlinks of the
+artifact store's files when both share a filesystem, so an artifact is stored once on local disk. DVC
+marks hardlinked cache files read-only, which makes those store files read-only too: the store is
+write-once, and this keeps anyone from editing, in place, bytes that the DVC cache also holds.
+
+DVC is imported inside methods because `import dvc.api` takes ~1.8 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+REMOTE_NAME = "storage"
+
+
+class DataRepo:
+    def __init__(self, path: Path, remote: str, endpoint_url: str | None = None):
+        self.path = Path(path).absolute()
+        # A local remote is stored absolute so clones of the data repo elsewhere on this machine find it.
+        self.remote = remote if "://" in remote else str(Path(remote).absolute())
+        self.endpoint_url = endpoint_url
+
+    # -- setup -------------------------------------------------------------------------------------
+    def init(self) -> None:
+        """Create or update the repository and its remote; commits only when something changed."""
+        from dvc.repo import Repo
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / ".git").exists():
+            self._git("init", "-q", "-b", "main")
+        # Local identity: the machine running the loop may have no global git identity.
+        for key, value in (("user.name", "alignloop"), ("user.email", "alignloop@localhost"),
+                           ("commit.gpgsign", "false")):
+            self._git("config", key, value)
+        if not (self.path / ".dvc").exists():
+            Repo.init(str(self.path))
+        remote = {"url": self.remote}
+        if self.endpoint_url:
+            remote["endpointurl"] = self.endpoint_url
+        with Repo(str(self.path)) as repo, repo.config.edit("repo") as conf:
+            conf["remote"][REMOTE_NAME] = remote
+            # autostage: DVC stages its own .dvc/.gitignore edits instead of printing git hints.
+            conf["core"].update(remote=REMOTE_NAME, analytics=False, autostage=True)
+            # One local copy of each artifact (see module docstring). DVC links a file into the cache in
+            # place only when "hardlink" is listed first; "reflink,hardlink,..." would copy it in.
+            conf["cache"]["type"] = "hardlink,copy"
+        self._git("add", "--", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
+        self._commit_staged("configure data repository")
+
+    # -- tracking ----------------------------------------------------------------------------------
+    def track_iteration(self, iteration: int, files: dict[str, Path], message: str = "") -> str:
+        """Version `files` (name -> file or directory) as iteration `iteration`; returns the commit sha."""
+        if not files:
+            raise ValueError(f"{self.path}: nothing to track for iteration {iteration}")
+        for name in files:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"{self.path}: artifact name {name!r} is not a plain file/directory name")
+        if (sha := self.rev(iteration)) is not None:
+            self._check_same(iteration, sha, files)
+            return sha
+
+        from dvc.repo import Repo
+
+        folder = self.path / self.path_in_repo(iteration, "")
+        folder.mkdir(parents=True, exist_ok=True)
+        outs = [_link_in(Path(src), folder / name) for name, src in files.items()]
+        with Repo(str(self.path)) as repo:
+            repo.add([str(o) for o in outs])
+        self._git("add", "--", str(folder))
+        self._commit_staged(message or f"iteration {iteration}")
+        sha = self._git("rev-parse", "HEAD")
+        with Repo(str(self.path)) as repo:
+            repo.push(targets=[f"{o}.dvc" for o in outs], remote=REMOTE_NAME)
+        self._git("tag", self._tag(iteration), sha)
+        return sha
+
+    def _check_same(self, iteration: int, sha: str, files: dict[str, Path]) -> None:
+        """A tagged iteration is published history: refuse, naming what differs, rather than rewrite it."""
+        from dvc.fs import localfs
+        from dvc.repo import Repo
+        from dvc_data.hashfile.build import build
+
+        folder = self.path_in_repo(iteration, "")
+        listed = self._git("ls-tree", "--name-only", sha, f"{folder}/").splitlines()
+        tagged = {Path(p).name.removesuffix(".dvc"): p for p in listed if p.endswith(".dvc")}
+        if set(tagged) != set(files):
+            raise ValueError(f"{self.path}: {self._tag(iteration)} holds {sorted(tagged)}, "
+                             f"asked to track {sorted(files)}")
+        with Repo(str(self.path)) as repo:
+            for name, src in files.items():
+                committed = yaml.safe_load(self._git("show", f"{sha}:{tagged[name]}"))["outs"][0]["md5"]
+                # Same hashing as `dvc add` (directories: md5 of the listing + ".dir"); the state db
+                # makes it free for files that are already linked into the repository.
+                _, _, obj = build(repo.cache.local, str(Path(src).absolute()), localfs, "md5", dry_run=True)
+                if obj.hash_info.value != committed:
+                    raise ValueError(f"{self.path}: {self._tag(iteration)} has different content for "
+                                     f"{tagged[name].removesuffix('.dvc')} than {src}")
+
+    # -- lookup ------------------------------------------------------------------------------------
+    def rev(self, iteration: int) -> str | None:
+        try:
+            return self._git("rev-parse", "-q", "--verify", f"refs/tags/{self._tag(iteration)}^{{commit}}")
+        except RuntimeError:
+            return None
+
+    def path_in_repo(self, iteration: int, name: str) -> str:
+        return f"iterations/iter-{iteration:04d}/{name}".rstrip("/")
+
+    def open(self, iteration: int, name: str, mode: str = "rb"):
+        """Context manager over the file as tagged; reads the local cache, else the remote."""
+        import dvc.api
+
+        return dvc.api.open(self.path_in_repo(iteration, name), repo=str(self.path),
+                            rev=self._require_tag(iteration), mode=mode)
+
+    def url(self, iteration: int, name: str) -> str:
+        """Where the remote stores it (a directory's URL is its `.dir` listing object)."""
+        import dvc.api
+
+        return dvc.api.get_url(self.path_in_repo(iteration, name), repo=str(self.path),
+                               rev=self._require_tag(iteration))
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _tag(iteration: int) -> str:
+        return f"iter-{iteration}"
+
+    def _require_tag(self, iteration: int) -> str:
+        tag = self._tag(iteration)
+        if self.rev(iteration) is None:
+            raise LookupError(f"{self.path}: iteration {iteration} is not tracked (no tag {tag})")
+        return tag
+
+    def _commit_staged(self, message: str) -> None:
+        # `diff --cached --quiet` exits 1 when something is staged: commit only then (idempotence).
+        staged = subprocess.run(["git", "-C", str(self.path), "diff", "--cached", "--quiet"], check=False)
+        if staged.returncode:
+            self._git("commit", "-q", "-m", message)
+
+    def _git(self, *args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(self.path), *args],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"{self.path}: git {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+
+def _link_in(src: Path, dest: Path) -> Path:
+    """Place `src` at `dest` as hardlinks when on one filesystem, else as a copy; replaces a stale `dest`."""
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: artifact to track does not exist")
+    if dest.is_file() and src.is_file() and os.path.samefile(src, dest):
+        return dest  # linked in by an earlier, interrupted run
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    elif dest.exists():
+        dest.unlink()
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dest)
+    return dest
+
+
+def _link_or_copy(src: str | Path, dest: str | Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem (EXDEV) or no hardlink support
+        shutil.copy2(src, dest)

@@ -1,0 +1,89 @@
+"""The workspace: everything a loop writes, in one directory outside the code repository.
+
+    <root>/store/        content-addressed artifacts (components.artifacts)
+    <root>/mlflow.db     MLflow tracking + registry (SQLite); artifacts under <root>/mlartifacts
+    <root>/data/         git + DVC repository versioning each iteration's data, remote <root>/dvc-remote
+    <root>/ledger/       one JSON per iteration: the state it started from, its outputs and its decision
+    <root>/prefect/      persisted Prefect task results (what lets a re-run skip finished stages)
+
+The ledger is the loop's memory between processes: an iteration records the champion and reward model it
+started from before its first stage, so a resumed iteration sees exactly the inputs the crashed one saw.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> "Workspace":
+        return cls(Path(root).expanduser().resolve())
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.root / "mlartifacts").as_uri()
+
+    @property
+    def data_repo(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.root / "dvc-remote"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "prefect"
+
+    def _ledger(self, iteration: int) -> Path:
+        return self.root / "ledger" / f"iter-{iteration:04d}.json"
+
+    def read_ledger(self, iteration: int) -> dict | None:
+        p = self._ledger(iteration)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def write_ledger(self, iteration: int, doc: dict) -> None:
+        p = self._ledger(iteration)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, p)  # readers see the old or the new ledger, never a torn one
+
+    def ledgers(self) -> list[dict]:
+        d = self.root / "ledger"
+        return [json.loads(p.read_text()) for p in sorted(d.glob("iter-*.json"))] if d.exists() else []
+
+    def next_iteration(self) -> int:
+        """The unfinished iteration to resume, else one past the last finished one."""
+        docs = self.ledgers()
+        unfinished = [d["iteration"] for d in docs if d.get("status") != "finished"]
+        if unfinished:
+            return min(unfinished)
+        return max((d["iteration"] for d in docs), default=-1) + 1
+
+    def lock(self):
+        """Exclusive lock: one loop process per workspace at a time (a second one fails fast)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RuntimeError(f"{self.root} is in use by another alignloop process") from None
+        return fh

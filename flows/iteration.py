@@ -1,0 +1,174 @@
+"""The iteration flow (one Prefect flow run per iteration) and the continual flow (N iterations).
+
+    alignloop run --config configs/tiny.yaml --iterations 3
+
+sample → generate → label → train_reward → train_policy → evaluate → gate → version
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect import flow
+
+from components.artifacts import ArtifactRef, ArtifactStore
+from components.config import LoopConfig, config_hash, load_config
+from components.lineage import POLICY, TAG_SHA, Tracker
+from components.schemas import conform
+from components.workspace import Workspace
+from tasks import stages as t
+
+# A listener (the CLI's progress display) gets (stage, "start" | "done", seconds).
+Listener = Callable[[str, str, float], None]
+_listeners: list[Listener] = []
+
+
+def validate_inputs(cfg: LoopConfig, config_path: str) -> None:
+    """Everything that can be checked before a stage starts, so bad input never touches the workspace."""
+    import pyarrow.parquet as pq
+
+    pool = Path(cfg.prompt_pool)
+    if not pool.exists():
+        raise FileNotFoundError(f"{config_path}: prompt_pool file {pool} does not exist (build it: `dvc repro`)")
+    try:
+        table = pq.read_table(pool)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise ValueError(f"{pool}: not a readable Parquet prompt table ({err})") from None
+    conform(table, "prompts", source=str(pool))
+    for split in ("train", "eval"):
+        if split not in set(table["split"].to_pylist()):
+            raise ValueError(f"{pool}: column 'split' has no '{split}' rows")
+    looks_local = cfg.policy_init.startswith((".", "/")) or Path(cfg.policy_init).exists() or "/" not in cfg.policy_init
+    if looks_local and not (Path(cfg.policy_init) / "config.json").exists():
+        raise FileNotFoundError(f"{config_path}: policy_init {cfg.policy_init} has no config.json (build the "
+                                "embedded default with `dvc repro`, or name a from_pretrained checkpoint)")
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id: str) -> tuple[ArtifactRef, str]:
+    """The champion when the loop starts: registered once as version 1 with alias `champion`."""
+    if Path(source).is_dir():
+        with store.staging_dir() as d:
+            import shutil
+
+            shutil.copytree(source, d / "p")
+            ref = store.put_dir("policy", d / "p", meta={"iteration": -1, "origin": source})
+        uri = store.path(ref).as_uri()
+    else:  # a hub id: the registry points at it; its identity is its name
+        import hashlib
+
+        ref = ArtifactRef(kind="policy", sha256=hashlib.sha256(source.encode()).hexdigest(), uri=source)
+        uri = source
+    version = tracker.register(POLICY, ref, uri, run_id, {"alignloop.iteration": "-1", "alignloop.gate": "initial"})
+    if tracker.alias(POLICY, "champion") is None:
+        tracker.set_alias(POLICY, "champion", version)
+    return ref, uri
+
+
+def _source_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _stage(name: str, task, **kwargs):
+    for f in _listeners:
+        f(name, "start", 0.0)
+    t0 = time.perf_counter()
+    out = task(**kwargs)
+    for f in _listeners:
+        f(name, "done", time.perf_counter() - t0)
+    return out, round(time.perf_counter() - t0, 2)
+
+
+@flow(name="alignloop-iteration")
+def iteration_flow(config_path: str, overrides: list[str] | None = None, workspace: str = "workspace") -> dict:
+    import pyarrow.parquet as pq
+
+    cfg = load_config(config_path, overrides or [])
+    validate_inputs(cfg, config_path)
+    ws = Workspace.at(workspace)
+    store = ArtifactStore(ws.store)
+    tracker = Tracker(ws.tracking_uri, ws.artifact_root, cfg.name)
+    i = ws.next_iteration()
+    chash = config_hash(cfg)
+    ledger = ws.read_ledger(i) or {"iteration": i, "status": "running", "config_hash": chash, "timings": {}}
+    if ledger["config_hash"] != chash:
+        raise ValueError(f"iteration {i} was started with config {ledger['config_hash']}, now {chash}: "
+                         "resume it with the same config (or remove ledger/iter-*.json to start it afresh)")
+    parent = tracker.iteration_run(i, cfg.name, {"config_hash": chash, "git_sha": _git_sha()},
+                                   {"config": cfg.model_dump_json()})
+    ctx = t.RunContext(workspace=str(ws.root), loop=cfg.name, iteration=i, seed=cfg.seed, parent_run_id=parent,
+                       config_hash=chash, git_sha=_git_sha())
+    try:
+        if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs
+            pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
+                                       meta={"origin": cfg.prompt_pool})
+            init_ref, init_uri = _initial_policy(store, tracker, cfg.policy_init, parent)
+            champ = tracker.alias(POLICY, "champion")
+            sha = champ.tags[TAG_SHA]
+            champ_ref = init_ref if sha == init_ref.sha256 else store.ref("policy", sha)
+            prev = ws.read_ledger(i - 1)
+            ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(),
+                               "initial_source": _source_path(init_uri), "champion": champ_ref.model_dump(),
+                               "champion_source": _source_path(champ.source), "champion_version": champ.version,
+                               "reward_model": prev["outputs"]["reward_model"] if prev else None}
+            ws.write_ledger(i, ledger)
+        s = ledger["start"]
+        pool, champion = ArtifactRef(**s["pool"]), ArtifactRef(**s["champion"])
+        rm_prev = ArtifactRef(**s["reward_model"]) if s["reward_model"] else None
+        reference = s["initial_source"] if cfg.train_policy.reference == "initial" else s["champion_source"]
+        history = [ArtifactRef(**d["outputs"]["preferences"]) for d in ws.ledgers()
+                   if d["iteration"] < i and d.get("status") == "finished"]
+        timings = ledger["timings"]
+
+        prompts, timings["sample_prompts"] = _stage("sample_prompts", t.sample_prompts_task, ctx=ctx, cfg=cfg.sample,
+                                                    pool=pool)
+        rollouts, timings["generate"] = _stage("generate", t.generate_task, ctx=ctx, cfg=cfg.generate,
+                                               prompts=prompts, policy=champion, policy_source=s["champion_source"])
+        prefs, timings["label"] = _stage("label", t.label_task, ctx=ctx, cfg=cfg.label, rollouts=rollouts,
+                                         reward_model=rm_prev, gold=cfg.gold)
+        rm, timings["train_reward"] = _stage("train_reward", t.train_reward_task, ctx=ctx, cfg=cfg.train_reward,
+                                             preferences=history + [prefs],
+                                             init=cfg.train_reward.init or s["initial_source"])
+        candidate, timings["train_policy"] = _stage(
+            "train_policy", t.train_policy_task, ctx=ctx, cfg=cfg.train_policy, preferences=prefs, policy=champion,
+            policy_source=s["champion_source"], reference_source=reference)
+        report, timings["evaluate"] = _stage(
+            "evaluate", t.evaluate_task, ctx=ctx, cfg=cfg.evaluate, gen=cfg.generate, label_cfg=cfg.label, pool=pool,
+            candidate=candidate, champion=champion, champion_source=s["champion_source"],
+            reference_source=s["initial_source"], reward_model=rm, gold=cfg.gold)
+        decision, timings["gate"] = _stage("gate", t.gate_task, ctx=ctx, report=report, candidate=candidate)
+        outputs = {"prompts": prompts, "rollouts": rollouts, "preferences": prefs, "reward_model": rm,
+                   "candidate": candidate, "eval_report": report}
+        data_rev, timings["version"] = _stage("version", t.version_task, ctx=ctx, outputs=outputs)
+    except BaseException as err:
+        tracker.end_run(parent, "FAILED" if isinstance(err, Exception) else "KILLED", error=repr(err))
+        raise
+    ledger.update(status="finished", outputs={k: v.model_dump() for k, v in outputs.items()}, decision=decision,
+                  data_rev=data_rev, report=store.read_json(report))
+    ws.write_ledger(i, ledger)
+    for k, v in timings.items():
+        tracker.client.log_metric(parent, f"timing/{k}_s", v)
+    tracker.client.set_tag(parent, "alignloop.gate", "promote" if decision["promote"] else "reject")
+    tracker.end_run(parent)
+    return ledger
+
+
+@flow(name="alignloop-continual")
+def continual_flow(config_path: str, overrides: list[str] | None = None, workspace: str = "workspace",
+                   iterations: int = 3) -> list[dict]:
+    """Run `iterations` iterations (an unfinished one, resumed, counts as the first)."""
+    ws = Workspace.at(workspace)
+    target, done = ws.next_iteration() + iterations, []
+    while ws.next_iteration() < target:
+        done.append(iteration_flow(config_path, overrides, workspace))
+    return done

@@ -1,0 +1,237 @@
+"""Thin Prefect tasks, one per stage: load artifacts, call the pure stage, publish outputs, track in MLflow.
+
+Policies live here only: retries, and the cache key = task name + input artifact ids + stage config +
+seed + workspace + code version. A re-run of a finished iteration therefore recomputes nothing (the
+persisted result is the output ArtifactRef), and a run killed mid-stage resumes at that stage. MLflow
+child runs are opened inside the task body, so a cached stage never creates a duplicate run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from components import config as C
+from components.artifacts import ArtifactRef, ArtifactStore
+from components.lineage import POLICY, REWARD_MODEL, Tracker
+from components.stages import evaluate, generate, label, sample_prompts, train_policy, train_reward
+from components.workspace import Workspace
+
+
+class RunContext(BaseModel):
+    """Who is running: passed to every task, part of the cache key only through workspace and seed."""
+
+    model_config = ConfigDict(frozen=True)
+    workspace: str
+    loop: str
+    iteration: int
+    seed: int
+    parent_run_id: str
+    config_hash: str
+    git_sha: str
+
+    @property
+    def ws(self) -> Workspace:
+        return Workspace.at(self.workspace)
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.ws.store)
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.ws.tracking_uri, self.ws.artifact_root, self.loop)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, cfg: BaseModel | None, inputs: dict[str, ArtifactRef]):
+        params = {f"{name}.{k}": v for k, v in _flat(cfg.model_dump(mode="json")).items()} if cfg else {}
+        with self.tracker().stage_run(self.parent_run_id, self.iteration, name, self.loop, inputs=inputs,
+                                      tags={"config_hash": self.config_hash, "git_sha": self.git_sha},
+                                      params=params) as run:
+            yield run
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the library's source: a code change invalidates cached stage results."""
+    root = Path(__file__).resolve().parents[1] / "components"
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def artifact_cache_key(_task_ctx, params: dict) -> str:
+    ctx: RunContext = params["ctx"]
+    keyed = {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in params.items()
+             if k != "ctx"}
+    blob = json.dumps({"task": _task_ctx.task.name, "params": keyed, "seed": ctx.seed, "ws": ctx.workspace,
+                       "code": code_version()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+stage_task = task(cache_key_fn=artifact_cache_key, persist_result=True, retries=1, retry_delay_seconds=5,
+                  tags=["alignloop"])
+
+
+def _gold(name: str | None):
+    if name == "toy":
+        from components.toy.gold import gold_reward
+
+        return gold_reward
+    return None
+
+
+def _members(store: ArtifactStore, ensemble: ArtifactRef | None) -> list[str] | None:
+    if ensemble is None:
+        return None
+    root = store.path(ensemble)
+    return [str(p) for p in sorted(root.glob("member-*"))]
+
+
+@stage_task
+def sample_prompts_task(ctx: RunContext, cfg: C.SampleConfig, pool: ArtifactRef) -> ArtifactRef:
+    store = ctx.store()
+    with ctx.stage("sample_prompts", cfg, {"prompt_pool": pool}) as run:
+        table = sample_prompts.run(cfg, store.read_table(pool), iteration=ctx.iteration, seed=ctx.seed)
+        ref = store.put_table("prompts", table, parents=[pool], meta={"iteration": ctx.iteration})
+        run.outputs({"prompts": ref})
+        run.log_metrics({"prompts": table.num_rows, "strata": len(set(table["source"].to_pylist()))})
+    return ref
+
+
+@stage_task
+def generate_task(ctx: RunContext, cfg: C.GenerateConfig, prompts: ArtifactRef, policy: ArtifactRef,
+                  policy_source: str) -> ArtifactRef:
+    store = ctx.store()
+    with ctx.stage("generate", cfg, {"prompts": prompts, "policy": policy}) as run:
+        table, stats = generate.run(cfg, store.read_table(prompts), policy_source, policy_sha=policy.sha256,
+                                    seed=ctx.seed * 100_003 + ctx.iteration)
+        ref = store.put_table("rollouts", table, parents=[prompts, policy])
+        run.outputs({"rollouts": ref})
+        run.log_metrics(stats)
+    return ref
+
+
+@stage_task
+def label_task(ctx: RunContext, cfg: C.LabelConfig, rollouts: ArtifactRef, reward_model: ArtifactRef | None,
+               gold: str | None) -> ArtifactRef:
+    store = ctx.store()
+    inputs = {"rollouts": rollouts, **({"reward_model": reward_model} if reward_model else {})}
+    with ctx.stage("label", cfg, inputs) as run:
+        prefs, scores, metrics = label.run(cfg, store.read_table(rollouts), reward_models=_members(store, reward_model),
+                                           gold=_gold(gold), iteration=ctx.iteration, seed=ctx.seed)
+        parents = [rollouts] + ([reward_model] if reward_model else [])
+        scores_ref = store.put_table("scores", scores, parents=parents)
+        ref = store.put_table("preferences", prefs, parents=parents, meta={"scores": scores_ref.sha256})
+        run.outputs({"preferences": ref, "scores": scores_ref})
+        run.log_metrics(metrics)
+    return ref
+
+
+@stage_task
+def train_reward_task(ctx: RunContext, cfg: C.RewardConfig, preferences: list[ArtifactRef], init: str
+                      ) -> ArtifactRef:
+    import pyarrow as pa
+
+    store = ctx.store()
+    with ctx.stage("train_reward", cfg, {f"preferences.{p.meta.get('iteration', i)}": p
+                                         for i, p in enumerate(preferences)}) as run:
+        table = pa.concat_tables([store.read_table(p) for p in preferences])
+        with store.staging_dir() as d:
+            metrics = train_reward.run(cfg, table, init_path=init, out_dir=d / "ensemble", seed=ctx.seed)
+            ref = store.put_dir("reward_model", d / "ensemble", parents=preferences,
+                                meta={"members": cfg.members, "iteration": ctx.iteration})
+        run.outputs({"reward_model": ref})
+        run.log_metrics(metrics)
+        version = ctx.tracker().register(REWARD_MODEL, ref, store.path(ref).as_uri(), run.run_id,
+                                         {"alignloop.iteration": str(ctx.iteration)})
+        # The ensemble in use is the freshest one (a non-regression rule belongs to the RM-retraining issue).
+        ctx.tracker().set_alias(REWARD_MODEL, "champion", version)
+    return ref
+
+
+@stage_task
+def train_policy_task(ctx: RunContext, cfg: C.PolicyConfig, preferences: ArtifactRef, policy: ArtifactRef,
+                      policy_source: str, reference_source: str) -> ArtifactRef:
+    store = ctx.store()
+    with ctx.stage("train_policy", cfg, {"preferences": preferences, "policy": policy}) as run:
+        with store.staging_dir() as d:
+            metrics = train_policy.run(cfg, store.read_table(preferences), policy_path=policy_source,
+                                       ref_path=reference_source, out_dir=d / "policy", seed=ctx.seed + ctx.iteration)
+            ref = store.put_dir("policy", d / "policy", parents=[preferences, policy],
+                                meta={"iteration": ctx.iteration})
+        run.outputs({"candidate": ref})
+        run.log_metrics(metrics)
+    return ref
+
+
+@stage_task
+def evaluate_task(ctx: RunContext, cfg: C.EvalConfig, gen: C.GenerateConfig, label_cfg: C.LabelConfig,
+                  pool: ArtifactRef, candidate: ArtifactRef, champion: ArtifactRef, champion_source: str,
+                  reference_source: str, reward_model: ArtifactRef, gold: str | None) -> ArtifactRef:
+    store = ctx.store()
+    with ctx.stage("evaluate", cfg, {"candidate": candidate, "champion": champion, "reward_model": reward_model}
+                   ) as run:
+        prompts = evaluate.heldout_prompts(store.read_table(pool), cfg.n_prompts, ctx.seed)
+        samples, report = evaluate.run(cfg, gen, prompts, candidate_path=str(store.path(candidate)),
+                                       champion_path=champion_source, ref_path=reference_source,
+                                       reward_models=_members(store, reward_model), gold=_gold(gold),
+                                       aggregation=label_cfg.aggregation, uw_lambda=label_cfg.uw_lambda,
+                                       seed=ctx.seed)
+        parents = [candidate, champion, reward_model]
+        samples_ref = store.put_table("eval_samples", samples, parents=parents)
+        ref = store.put_json("eval_report", {**report, "samples": samples_ref.sha256}, parents=parents)
+        run.outputs({"eval_report": ref, "eval_samples": samples_ref})
+        flat = {f"{side}/{k}": v for side in ("candidate", "champion") for k, v in report[side].items()
+                if v is not None}
+        flat.update({f"{w}/{k}": v for w in ("proxy_win_rate", "heldout_win_rate") if w in report
+                     for k, v in report[w].items()})
+        run.log_metrics({**flat, "gate/promote": float(report["gate"]["promote"])})
+    return ref
+
+
+@stage_task
+def gate_task(ctx: RunContext, report: ArtifactRef, candidate: ArtifactRef) -> dict:
+    """Register the candidate (alias `candidate`); move `champion` only if the gate passed."""
+    store = ctx.store()
+    decision = store.read_json(report)["gate"]
+    tracker = ctx.tracker()
+    with ctx.stage("gate", None, {"eval_report": report, "candidate": candidate}) as run:
+        version = tracker.register(POLICY, candidate, store.path(candidate).as_uri(), run.run_id,
+                                   {"alignloop.iteration": str(ctx.iteration),
+                                    "alignloop.gate": "promote" if decision["promote"] else "reject"})
+        tracker.set_alias(POLICY, "candidate", version)
+        if decision["promote"]:
+            tracker.promote(POLICY, version)
+        run.log_metrics({"promote": float(decision["promote"])})
+        tracker.client.set_tag(run.run_id, "alignloop.gate_reasons", "; ".join(decision["reasons"]) or "all passed")
+    return {"version": version, **decision}
+
+
+@stage_task
+def version_task(ctx: RunContext, outputs: dict[str, ArtifactRef]) -> str:
+    """Track the iteration's data artifacts in the workspace's DVC repo, tag `iter-N`, push to the remote."""
+    from components.versioning import DataRepo
+
+    store, ws = ctx.store(), ctx.ws
+    data = {"prompts", "rollouts", "preferences", "eval_report"}
+    files = {f"{k}{store.path(ref).suffix}": store.path(ref) for k, ref in outputs.items() if k in data}
+    repo = DataRepo(ws.data_repo, str(ws.dvc_remote))
+    with ctx.stage("version", None, {k: v for k, v in outputs.items() if k in data}) as run:
+        repo.init()
+        rev = repo.track_iteration(ctx.iteration, files, message=f"{ctx.loop} iteration {ctx.iteration}")
+        ctx.tracker().client.set_tag(run.run_id, "dvc.rev", rev)
+        ctx.tracker().client.set_tag(ctx.parent_run_id, "dvc.rev", rev)
+    return rev
