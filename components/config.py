@@ -144,7 +144,7 @@ class LoopConfig(_Frozen):
     evaluate: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
-    def _gold_needed(self) -> "LoopConfig":
+    def _gold_needed(self) -> LoopConfig:
         needs_gold = self.label.labeler == "gold" or self.label.seed_gold_pairs > 0
         if needs_gold and self.gold is None:
             raise ValueError("label.labeler='gold' or label.seed_gold_pairs > 0 needs `gold: toy`")

@@ -72,7 +72,7 @@ class Tracker:
 
     @contextlib.contextmanager
     def stage_run(self, parent_run_id: str, iteration: int, stage: str, loop: str, *,
-                  inputs: dict[str, ArtifactRef], tags: dict[str, str], params: dict[str, Any]) -> Iterator["StageRun"]:
+                  inputs: dict[str, ArtifactRef], tags: dict[str, str], params: dict[str, Any]) -> Iterator[StageRun]:
         run = self.client.create_run(self.experiment_id, run_name=f"{loop}/iter-{iteration}/{stage}", tags={
             "mlflow.parentRunId": parent_run_id, TAG_ITER: str(iteration), TAG_STAGE: stage, **tags,
             **{f"input.{k}": ref.sha256 for k, ref in inputs.items()}})
@@ -131,8 +131,9 @@ class StageRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Namespaced `stage/metric`; NaN/inf are skipped (MLflow rejects them on some stores)."""
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k if "/" in k else f"{self.stage}/{k}", float(v), now, step or 0)

@@ -85,7 +85,9 @@ class DataRepo:
             repo.add([str(o) for o in outs])
         self._git("add", "--", str(folder))
         self._commit_staged(message or f"iteration {iteration}")
-        sha = self._git("rev-parse", "HEAD")
+        # The last commit that touched this iteration: right even if a later iteration was committed
+        # between a crash here and this re-run.
+        sha = self._git("rev-list", "-1", "HEAD", "--", str(folder))
         with Repo(str(self.path)) as repo:
             repo.push(targets=[f"{o}.dvc" for o in outs], remote=REMOTE_NAME)
         self._git("tag", self._tag(iteration), sha)

@@ -24,8 +24,22 @@ class Workspace:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "Workspace":
+    def at(cls, root: str | Path) -> Workspace:
         return cls(Path(root).expanduser().resolve())
+
+    @property
+    def instance_id(self) -> str:
+        """Random id made when the workspace is first used: part of every cache key, so a deleted and
+        recreated workspace at the same path never reuses results that point at artifacts it no longer has."""
+        p = self.root / ".id"
+        if not p.exists():
+            import uuid
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(uuid.uuid4().hex)
+            os.replace(tmp, p)
+        return p.read_text().strip()
 
     @property
     def store(self) -> Path:

@@ -76,7 +76,7 @@ def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id:
 
 
 def _source_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri.removeprefix("file://")
 
 
 def _stage(name: str, task, **kwargs):
@@ -106,7 +106,7 @@ def iteration_flow(config_path: str, overrides: list[str] | None = None, workspa
                          "resume it with the same config (or remove ledger/iter-*.json to start it afresh)")
     parent = tracker.iteration_run(i, cfg.name, {"config_hash": chash, "git_sha": _git_sha()},
                                    {"config": cfg.model_dump_json()})
-    ctx = t.RunContext(workspace=str(ws.root), loop=cfg.name, iteration=i, seed=cfg.seed, parent_run_id=parent,
+    ctx = t.RunContext(workspace=str(ws.root), workspace_id=ws.instance_id, loop=cfg.name, iteration=i, seed=cfg.seed, parent_run_id=parent,
                        config_hash=chash, git_sha=_git_sha())
     try:
         if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs

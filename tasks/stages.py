@@ -25,10 +25,12 @@ from components.workspace import Workspace
 
 
 class RunContext(BaseModel):
-    """Who is running: passed to every task, part of the cache key only through workspace and seed."""
+    """Who is running: passed to every task; part of the cache key through workspace id, iteration and seed
+    (seeds derive from both), not through run ids, so a resumed iteration hits the cache."""
 
     model_config = ConfigDict(frozen=True)
     workspace: str
+    workspace_id: str
     loop: str
     iteration: int
     seed: int
@@ -76,7 +78,8 @@ def artifact_cache_key(_task_ctx, params: dict) -> str:
     ctx: RunContext = params["ctx"]
     keyed = {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in params.items()
              if k != "ctx"}
-    blob = json.dumps({"task": _task_ctx.task.name, "params": keyed, "seed": ctx.seed, "ws": ctx.workspace,
+    blob = json.dumps({"task": _task_ctx.task.name, "params": keyed, "seed": ctx.seed, "iteration": ctx.iteration,
+                       "ws": ctx.workspace_id,
                        "code": code_version()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -69,7 +69,7 @@ def _decode_completion(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> 
         return ""
     head = tokenizer.decode(prompt_ids, **kw)
     whole = tokenizer.decode(prompt_ids + new_ids, **kw)
-    text = whole[len(head):] if whole.startswith(head) else tokenizer.decode(new_ids, **kw)
+    text = whole[len(head) :] if whole.startswith(head) else tokenizer.decode(new_ids, **kw)
     if text and not text[0].isspace():
         text = " " + text
     return text
@@ -103,7 +103,9 @@ def generate(
         pad_id = eos_id
     # pad/bos/unk are never words of a completion, and decoding skips them, so a sampled one would silently
     # vanish from the text; forbid them (eos stays). A trained model puts ~no mass there.
-    never = sorted({t for t in (pad_id, tokenizer.bos_token_id, tokenizer.unk_token_id) if t is not None} - {eos_id})
+    never = sorted(
+        {t for t in (pad_id, tokenizer.bos_token_id, tokenizer.unk_token_id) if t is not None} - {eos_id}
+    )
     gen_cfg = GenerationConfig(
         do_sample=True,
         temperature=temperature,
@@ -148,7 +150,11 @@ def generate(
         tokenizer.padding_side = side
     seconds = time.perf_counter() - t0
     tokens = sum(g.num_tokens for g in out)
-    return out, {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+    return out, {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+    }
 
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -189,7 +195,13 @@ def _right_padded(rows: list[list[int]], pad_id: int):
 
 
 def sequence_logprobs(
-    model, tokenizer, prompts: list[str], completions: list[str], *, batch_size: int = 64, add_eos: bool = True
+    model,
+    tokenizer,
+    prompts: list[str],
+    completions: list[str],
+    *,
+    batch_size: int = 64,
+    add_eos: bool = True,
 ) -> np.ndarray:
     """log π(y | x) = Σ_t log π(y_t | x, y_<t) over the completion's tokens (+ the appended eos), float64 [N].
 

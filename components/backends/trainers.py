@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,26 +37,26 @@ LOG_WINDOWS = 10  # the trainer logs averages over ~1/LOG_WINDOWS of the run; "l
 def _common_args(tmp_dir: str, *, lr: float, epochs: int, batch_size: int, seed: int, steps: int) -> dict:
     import torch
 
-    return dict(
-        output_dir=tmp_dir,
-        learning_rate=lr,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        warmup_steps=WARMUP_FRACTION,
-        logging_steps=max(1, math.ceil(steps / LOG_WINDOWS)),
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,  # transformers 5.23's name; overrides TRL's gradient_checkpointing=True
-        use_cpu=not torch.cuda.is_available(),
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-    )
+    return {
+        "output_dir": tmp_dir,
+        "learning_rate": lr,
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "warmup_steps": WARMUP_FRACTION,
+        "logging_steps": max(1, math.ceil(steps / LOG_WINDOWS)),
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "bf16": False,
+        "fp16": False,
+        "activation_checkpointing": False,  # transformers 5.23's name; overrides TRL's gradient_checkpointing=True
+        "use_cpu": not torch.cuda.is_available(),
+        "seed": seed,
+        "data_seed": seed,
+        "dataloader_num_workers": 0,
+    }
 
 
 def _quiet(trainer) -> None:
@@ -119,7 +118,9 @@ def train_reward_member(
         tokenizer.pad_token = tokenizer.eos_token
     set_seed(seed)  # the fresh score head's initialisation
     with suppress_seqcls_warning():  # causal LM -> seq-cls: lm_head unused, score head new (expected)
-        model = AutoModelForSequenceClassification.from_pretrained(init_path, num_labels=1, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            init_path, num_labels=1, dtype=torch.float32
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
 
     rows = []
@@ -129,13 +130,21 @@ def train_reward_member(
         rows.append({"chosen_ids": chosen, "rejected_ids": rejected})
     kept = sum(max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= cfg.max_length for r in rows)
     if kept == 0:
-        raise ValueError(f"no training pair fits max_length={cfg.max_length} tokens ({len(rows)} pairs given)")
+        raise ValueError(
+            f"no training pair fits max_length={cfg.max_length} tokens ({len(rows)} pairs given)"
+        )
     steps = _steps(kept, cfg.batch_size, cfg.epochs)
 
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=_parent(out_dir)) as tmp:
         args = TRLRewardConfig(
-            **_common_args(tmp, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
-                           steps=steps),
+            **_common_args(
+                tmp,
+                lr=cfg.learning_rate,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                seed=seed,
+                steps=steps,
+            ),
             max_length=cfg.max_length,
             center_rewards_coefficient=REWARD_CENTERING,
         )
@@ -190,7 +199,10 @@ def _check_dpo_tokens(example: dict, tokenizer, pair: dict) -> None:
     if example["prompt_ids"] != ids[:prompt_len] or example["chosen_ids"] != ids[prompt_len:]:
         logger.warning(
             "DPOTrainer tokenized %r differently from hf.encode_scored: TRL %s + %s, ours %s + %s",
-            pair["prompt"] + pair["chosen"], example["prompt_ids"], example["chosen_ids"], ids[:prompt_len],
+            pair["prompt"] + pair["chosen"],
+            example["prompt_ids"],
+            example["chosen_ids"],
+            ids[:prompt_len],
             ids[prompt_len:],
         )
 
@@ -239,13 +251,21 @@ def train_dpo(
     model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
     ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32)
     ref_model.eval().requires_grad_(False)
-    data = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    data = Dataset.from_list(
+        [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    )
     steps = _steps(len(pairs), cfg.batch_size, cfg.epochs)
 
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=_parent(out_dir)) as tmp:
         args = DPOConfig(
-            **_common_args(tmp, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
-                           steps=steps),
+            **_common_args(
+                tmp,
+                lr=cfg.learning_rate,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                seed=seed,
+                steps=steps,
+            ),
             beta=cfg.beta,
             max_length=cfg.max_length,
             **_dpo_losses(cfg),

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
-WORDS = (
+WORDS = (  # noqa: SIM905 (a word list reads better as text)
     "review pizza burger coffee hotel movie crust sauce cheese patty bun espresso room staff plot ending "
     "the a it was is were and but very really not quite great bad good awful fine tasty cold fresh stale "
     "friendly slow loved hated okay today yesterday again : . ,"
 ).split()
+
+
 def make_tokenizer(out_dir, *, add_bos: bool = False):
     """Word-level tokenizer like the toy's (<pad> distinct from <eos>, left padding); `add_bos` adds a
     post-processor that prepends <bos> to every encoding (the Llama-style case)."""
@@ -31,8 +29,13 @@ def make_tokenizer(out_dir, *, add_bos: bool = False):
             single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
         )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )
     tok.save_pretrained(str(out_dir))
     return tok
@@ -44,8 +47,14 @@ def make_policy(out_dir, tok, *, seed: int = 0, n_layer: int = 2, n_embd: int = 
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=len(tok), n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = GPT2LMHeadModel(cfg)
     model.save_pretrained(str(out_dir))

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 
 from components.config import PolicyConfig, RewardConfig
+
 PROMPTS = ["review pizza crust :", "review hotel room today again :", "review movie :"]
-TOPICS = [("pizza", "crust"), ("pizza", "sauce"), ("burger", "patty"), ("coffee", "espresso"),
-          ("hotel", "room"), ("hotel", "staff"), ("movie", "plot"), ("movie", "ending")]
-FILLER = "the a it was is were and but very really not quite fine tasty cold fresh okay".split()
+TOPICS = [
+    ("pizza", "crust"),
+    ("pizza", "sauce"),
+    ("burger", "patty"),
+    ("coffee", "espresso"),
+    ("hotel", "room"),
+    ("hotel", "staff"),
+    ("movie", "plot"),
+    ("movie", "ending"),
+]
+FILLER = "the a it was is were and but very really not quite fine tasty cold fresh okay".split()  # noqa: SIM905
 
 
 def make_pairs(n: int, seed: int) -> list[dict]:
@@ -29,8 +38,13 @@ def make_pairs(n: int, seed: int) -> list[dict]:
     pairs = []
     for _ in range(n):
         topic, aspect = rng.choice(TOPICS)
-        pairs.append({"prompt": f"review {topic} {aspect} :", "chosen": completion(aspect, "great"),
-                      "rejected": completion(aspect, "bad")})
+        pairs.append(
+            {
+                "prompt": f"review {topic} {aspect} :",
+                "chosen": completion(aspect, "great"),
+                "rejected": completion(aspect, "bad"),
+            }
+        )
     return pairs
 
 
@@ -58,12 +72,21 @@ def _gen(policy, seed, n=4, max_new_tokens=8):
     from components.backends.hf import generate
 
     model, tok = policy
-    return generate(model, tok, PROMPTS, n, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
-                    batch_size=5, seed=seed)
+    return generate(
+        model,
+        tok,
+        PROMPTS,
+        n,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        batch_size=5,
+        seed=seed,
+    )
 
 
 def test_generate_n_per_prompt_reproducible_and_consistent(policy):
-    model, tok = policy
+    _, tok = policy
     gens, stats = _gen(policy, seed=0)
     assert [(g.prompt_index, g.sample_index) for g in gens] == [(i, j) for i in range(3) for j in range(4)]
     assert stats["tokens"] == sum(g.num_tokens for g in gens) and stats["tokens_per_s"] > 0
@@ -95,7 +118,7 @@ def _hand_logprob(model, tok, prompt: str, completion: str) -> float:
     import torch
 
     ids = tok(prompt)["input_ids"]
-    targets = tok(prompt + completion)["input_ids"][len(ids):] + [tok.eos_token_id]
+    targets = tok(prompt + completion)["input_ids"][len(ids) :] + [tok.eos_token_id]
     total = 0.0
     for t in targets:
         with torch.no_grad():
@@ -177,7 +200,9 @@ def test_reward_ensemble_shape_and_members_differ(rm_dir, tiny_policy, tmp_path)
 
     out, _ = rm_dir
     other = tmp_path / "member-1"
-    train_reward_member(tiny_policy, make_pairs(64, 7), [], other, RewardConfig(learning_rate=1e-3, epochs=1), seed=1)
+    train_reward_member(
+        tiny_policy, make_pairs(64, 7), [], other, RewardConfig(learning_rate=1e-3, epochs=1), seed=1
+    )
     pairs = make_pairs(10, 3)
     prompts = [p["prompt"] for p in pairs] * 2
     completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
@@ -186,8 +211,9 @@ def test_reward_ensemble_shape_and_members_differ(rm_dir, tiny_policy, tmp_path)
     assert r.shape == (2, 20) and r.dtype == np.float64
     assert not np.allclose(r[0], r[1])
     assert (r[0, :10] > r[0, 10:]).mean() > 0.8  # the trained member prefers "great" over "bad"
-    np.testing.assert_allclose(RewardEnsemble([str(out)], batch_size=1).score(prompts, completions)[0], r[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        RewardEnsemble([str(out)], batch_size=1).score(prompts, completions)[0], r[0], atol=1e-5
+    )
     assert ens.score([], []).shape == (2, 0)
 
 
@@ -214,11 +240,20 @@ def test_train_dpo_raises_chosen_margin_and_keeps_reference(tiny_policy, tmp_pat
         metrics = train_dpo(tiny_policy, tiny_policy, make_pairs(96, 10), tmp_path / "cand", cfg, seed=0)
     assert not caplog.records  # TRL tokenized pairs exactly as hf.encode_scored does
     assert metrics["steps"] == 2 * 6 and metrics["n_train"] == 96
-    for key in ("loss", "train_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    for key in (
+        "loss",
+        "train_loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert np.isfinite(metrics[key]), key
     assert metrics["rewards/margins"] > 0
-    assert _margin(tmp_path / "cand", heldout) > _margin(tiny_policy, heldout) + 1.0
+    # log π(chosen) - log π(rejected) on held-out pairs: ~0 for the random policy, +0.7..1.5 after (4 seeds)
+    assert _margin(tmp_path / "cand", heldout) > _margin(tiny_policy, heldout) + 0.3
     assert _sha(tiny_policy) == ref_hash
     key = "transformer.h.0.attn.c_attn.weight"
     assert not np.allclose(_state(tiny_policy)[key], _state(tmp_path / "cand")[key])
@@ -233,6 +268,16 @@ def test_train_dpo_loss_variants_and_determinism(tiny_policy, tmp_path, loss_typ
     cfg = PolicyConfig(learning_rate=1e-3, batch_size=8, loss_type=loss_type, sft_coef=sft_coef)
     pairs = make_pairs(16, 12)
     a = train_dpo(tiny_policy, tiny_policy, pairs, tmp_path / "a", cfg, seed=3)
-    b = train_dpo(tiny_policy, tiny_policy, pairs, tmp_path / "b", cfg, seed=3)
+    train_dpo(tiny_policy, tiny_policy, pairs, tmp_path / "b", cfg, seed=3)
     assert a["steps"] == 2 and np.isfinite(a["loss"])
     assert _sha(tmp_path / "a") == _sha(tmp_path / "b")
+
+
+def test_train_dpo_tokenizes_like_encode_scored_with_bos_tokenizer(tmp_path, tiny_factory, caplog):
+    from components.backends.trainers import train_dpo
+
+    tok = tiny_factory.make_tokenizer(tmp_path / "tok", add_bos=True)
+    path = tiny_factory.make_policy(tmp_path / "pol", tok)
+    with caplog.at_level(logging.WARNING, logger="components.backends.trainers"):
+        train_dpo(path, path, make_pairs(8, 13), tmp_path / "cand", PolicyConfig(batch_size=8), seed=0)
+    assert not caplog.records

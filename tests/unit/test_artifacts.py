@@ -3,9 +3,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.artifacts import ArtifactStore
+from components.config import SampleConfig
 from components.schemas import SchemaError
 from components.stages.sample_prompts import run as sample
-from components.config import SampleConfig
 
 
 def prompts(n=10):

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from components.config import ConfigError, LoopConfig, config_hash, load_config
 
@@ -32,7 +33,7 @@ def test_impossible_values(tmp_path, override, field):
 
 def test_frozen_and_gold_requirement(tmp_path):
     cfg = load_config(write(tmp_path, "{}"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.seed = 3
     with pytest.raises(ConfigError, match="gold"):
         load_config(write(tmp_path, "gold: null\n"))

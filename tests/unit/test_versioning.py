@@ -156,8 +156,12 @@ def test_crash_before_push_is_completed_without_a_new_commit(repo: DataRepo, ws:
     committed = git(repo.path, "rev-parse", "HEAD")
     assert repo.rev(0) is None and not (ws / "dvc-remote").exists()
 
-    assert repo.track_iteration(0, {PREFS: p0}) == committed
-    assert git(repo.path, "rev-parse", "HEAD") == committed
+    # Another iteration lands before the re-run: the tag must still go to iteration 0's own commit.
+    p1 = preferences(ws / "store" / "b.parquet", 1)
+    head = repo.track_iteration(1, {PREFS: p1})
+
+    assert repo.track_iteration(0, {PREFS: p0}) == committed == repo.rev(0)
+    assert git(repo.path, "rev-parse", "HEAD") == head
     assert remote_has(ws / "dvc-remote", p0.read_bytes())
 
 

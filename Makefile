@@ -1,0 +1,37 @@
+# The two commands: `make demo` (3 iterations on the embedded default) and `make test` (the suite).
+# Both install everything first (uv, pinned; CPU torch on machines without an NVIDIA GPU).
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export DVC_NO_ANALYTICS := 1
+export OMP_NUM_THREADS := 1
+export TOKENIZERS_PARALLELISM := false
+
+ITERATIONS ?= 3
+WORKSPACE ?= workspace
+
+.PHONY: install bootstrap demo test lint clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml infra/constraints.txt infra/install.sh
+	bash infra/install.sh
+	touch $@
+
+bootstrap: install  ## corpus → prompt pool → tokenizer → SFT policy (dvc.yaml; cached)
+	$(BIN)/dvc repro
+
+demo: bootstrap
+	$(BIN)/alignloop run --config configs/tiny.yaml --iterations $(ITERATIONS) --workspace $(WORKSPACE)
+
+test: install
+	$(BIN)/python -m pytest tests -q
+
+lint: install
+	$(BIN)/ruff check components tasks flows tests benchmarks
+
+clean:
+	rm -rf $(WORKSPACE)
