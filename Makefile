@@ -2,6 +2,8 @@
 # Both install everything first (uv, pinned; CPU torch on machines without an NVIDIA GPU).
 VENV := .venv
 BIN := $(VENV)/bin
+# dvc.yaml commands say `python`: the venv's
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true

@@ -163,9 +163,14 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoopConfig:
-    """Read YAML, apply `key.sub=value` overrides (values parsed as YAML), validate strictly."""
-    path = Path(path)
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -174,6 +179,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return tree
+
+
+def load_config(paths: str | Path | list, overrides: list[str] | tuple[str, ...] = ()) -> LoopConfig:
+    """Read one or more YAML files (later files override earlier ones key by key, so an experiment file holds
+    only what it changes), apply `key.sub=value` overrides (values parsed as YAML), validate strictly."""
+    paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    tree: dict = {}
+    for path in paths:
+        tree = _merge(tree, _read_yaml(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -187,7 +202,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             field = ".".join(str(p) for p in e["loc"]) or "(top level)"
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
             problems.append(f"  {field}: {msg}")
-        raise ConfigError(f"{path}: invalid config\n" + "\n".join(problems)) from None
+        raise ConfigError(f"{' + '.join(map(str, paths))}: invalid config\n" + "\n".join(problems)) from None
 
 
 def config_hash(cfg: BaseModel) -> str:

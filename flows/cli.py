@@ -66,7 +66,8 @@ def iteration_table(ledgers: list[dict]) -> Table:
 
 
 @app.command()
-def run(config: Path = typer.Option(Path("configs/tiny.yaml"), "--config", "-c", help="Loop config (YAML)."),
+def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config", "-c",
+                                         help="Loop config YAML; repeat to layer an experiment file on top."),
         iterations: int = typer.Option(1, "--iterations", "-n", min=1, help="Iterations to run now."),
         set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train_policy.beta=0.2"),
         workspace: Path = WorkspaceOpt, verbose: bool = typer.Option(False, "--verbose", help="Prefect logs.")):
@@ -81,7 +82,7 @@ def run(config: Path = typer.Option(Path("configs/tiny.yaml"), "--config", "-c",
         quiet_env(ws)
         if verbose:
             os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
-        validate_inputs(cfg, str(config))
+        validate_inputs(cfg, " + ".join(map(str, config)))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
@@ -102,7 +103,7 @@ def run(config: Path = typer.Option(Path("configs/tiny.yaml"), "--config", "-c",
 
         it._listeners.append(listen)
         try:
-            it.continual_flow(str(config), list(set_), str(ws), iterations)
+            it.continual_flow([str(c) for c in config], list(set_), str(ws), iterations)
         finally:
             it._listeners.remove(listen)
             lock.close()

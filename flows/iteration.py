@@ -90,11 +90,11 @@ def _stage(name: str, task, **kwargs):
 
 
 @flow(name="alignloop-iteration")
-def iteration_flow(config_path: str, overrides: list[str] | None = None, workspace: str = "workspace") -> dict:
+def iteration_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace") -> dict:
     import pyarrow.parquet as pq
 
     cfg = load_config(config_path, overrides or [])
-    validate_inputs(cfg, config_path)
+    validate_inputs(cfg, str(config_path))
     ws = Workspace.at(workspace)
     store = ArtifactStore(ws.store)
     tracker = Tracker(ws.tracking_uri, ws.artifact_root, cfg.name)
@@ -164,7 +164,7 @@ def iteration_flow(config_path: str, overrides: list[str] | None = None, workspa
 
 
 @flow(name="alignloop-continual")
-def continual_flow(config_path: str, overrides: list[str] | None = None, workspace: str = "workspace",
+def continual_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace",
                    iterations: int = 3) -> list[dict]:
     """Run `iterations` iterations (an unfinished one, resumed, counts as the first)."""
     ws = Workspace.at(workspace)

@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import yaml
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.toy.gold import gold_reward
 from components.toy.language import make_prompt_pool, sample_corpus
+from components.toy.tokenizer import build_tokenizer
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 PROMPT_POOL = Path("data/prompts/pool.parquet")
@@ -58,7 +60,7 @@ class ModelParams(_Frozen):
 
 
 class TrainParams(_Frozen):
-    steps: int = Field(description="optimizer steps; batches are drawn with replacement")
+    steps: int = Field(description="optimizer steps, over length-grouped batches, epoch after epoch")
     batch_size: int
     lr: float = Field(description="peak AdamW learning rate, reached after warmup, then cosine decay to lr/10")
     warmup_steps: int
@@ -84,7 +86,7 @@ def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = Non
     """The `bootstrap:` section of `path`, with `overrides` merged in section by section; unknown keys fail."""
     values = yaml.safe_load(path.read_text())["bootstrap"]
     for key, value in (overrides or {}).items():
-        values[key] = {**values[key], **value} if isinstance(value, dict) else value
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     return BootstrapParams.model_validate(values)
 
 
@@ -97,18 +99,11 @@ def write_prompt_pool(path: Path, params: BootstrapParams) -> Path:
     return path
 
 
-def write_tokenizer(out_dir: Path) -> Path:
-    from components.toy.tokenizer import build_tokenizer
-
-    build_tokenizer(out_dir)
-    return out_dir
-
-
 def _encode(tokenizer, pairs: list[tuple[str, str]], max_len: int):
     """Right-padded `prompt + completion + <eos>` ids [N, max_len] and their attention mask."""
     import torch
 
-    rows = [tokenizer(p + c)["input_ids"][: max_len - 1] + [tokenizer.eos_token_id] for p, c in pairs]
+    rows = [[*tokenizer(p + c)["input_ids"][: max_len - 1], tokenizer.eos_token_id] for p, c in pairs]
     ids = torch.full((len(rows), max_len), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
@@ -163,44 +158,47 @@ def _heldout_loss(model, ids, mask, batch_size: int = 256) -> float:
 
     model.eval()
     with torch.no_grad():
-        total = sum(_summed_lm_loss(model, ids[i : i + batch_size], mask[i : i + batch_size]).item()
-                    for i in range(0, len(ids), batch_size))
-    model.train()
+        total = sum(
+            _summed_lm_loss(model, ids[i : i + batch_size], mask[i : i + batch_size]).item()
+            for i in range(0, len(ids), batch_size)
+        )
     return total / mask[:, 1:].sum().item()
 
 
-def sample_completions(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int) -> list[list[str]]:
+def _sample_completions(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int) -> list[list[str]]:
     """`n` completions per prompt, sampled at temperature 1 from the full distribution (no top-k/top-p)."""
     import torch
 
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     model.eval()
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, num_return_sequences=n)
-    model.train()
-    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+        )
+    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     # Completions start with a space by the language's convention; decode joins words without one in front.
     return [[" " + t for t in texts[i * n : (i + 1) * n]] for i in range(len(prompts))]
 
 
 def _gold_figures(model, tokenizer, heldout: list[tuple[str, str]], ev: EvalParams) -> dict[str, float]:
+    """Where the loop starts (corpus and policy mean gold) and what reranking alone reaches (best of n)."""
     prompts = [p for p, _ in heldout[: ev.n_prompts]]
-    samples = sample_completions(model, tokenizer, prompts, ev.best_of, ev.max_new_tokens)
+    samples = _sample_completions(model, tokenizer, prompts, ev.best_of, ev.max_new_tokens)
     rewards = [gold_reward([p] * ev.best_of, s) for p, s in zip(prompts, samples)]
-    flat = [c for s in samples for c in s]
+    lengths = [len(tokenizer(c)["input_ids"]) for s in samples for c in s]  # eos excluded
     return {
-        "sft/gold_corpus": _mean(gold_reward([p for p, _ in heldout], [c for _, c in heldout])),
-        "sft/gold_policy": _mean([r for rs in rewards for r in rs]),
-        f"sft/gold_best_of_{ev.best_of}": _mean([max(rs) for rs in rewards]),
-        "sft/completion_tokens": _mean([len(tokenizer(c)["input_ids"]) for c in flat]),
-        "sft/eos_rate": _mean([len(tokenizer(c)["input_ids"]) < ev.max_new_tokens for c in flat]),
+        "sft/gold_corpus": fmean(gold_reward([p for p, _ in heldout], [c for _, c in heldout])),
+        "sft/gold_policy": fmean([r for rs in rewards for r in rs]),
+        f"sft/gold_best_of_{ev.best_of}": fmean([max(rs) for rs in rewards]),
+        "sft/completion_tokens": fmean(lengths),
+        "sft/eos_rate": fmean([n < ev.max_new_tokens for n in lengths]),  # the rest hit max_new_tokens
     }
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs)
 
 
 def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, params: BootstrapParams) -> dict:
@@ -212,11 +210,18 @@ def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, p
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     m, tr = params.model, params.train
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+        vocab_size=len(tokenizer),
+        n_positions=m.n_positions,
+        n_embd=m.n_embd,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
         # The corpus is unlimited synthetic data: the model underfits, so dropout would only slow it down.
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
         activation_function="gelu",  # one fused kernel; GPT-2's tanh "gelu_new" took ~15% of a CPU step
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
@@ -235,19 +240,23 @@ def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, p
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     batches = _length_grouped_batches(train_mask.sum(1), tr.batch_size, tr.steps, params.seed)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    tokens_per_batch = tr.batch_size * (train_mask[:, 1:].sum() / len(train_mask))  # the corpus average
+    tokens_per_batch = tr.batch_size * train_mask[:, 1:].sum().item() / len(train_mask)  # the corpus average
     report_every, window_loss, window_tokens = max(1, tr.steps // 10), 0.0, 0
+    model.train()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for step, rows in enumerate(batches, 1):
         summed_loss = _summed_lm_loss(model, train_ids[rows], train_mask[rows])
         optimizer.zero_grad(set_to_none=True)
         (summed_loss / tokens_per_batch).backward()
         optimizer.step()
         schedule.step()
-        window_loss, window_tokens = window_loss + summed_loss.item(), window_tokens + train_mask[rows, 1:].sum()
+        window_loss, window_tokens = window_loss + summed_loss.item(), window_tokens + train_mask[rows, 1:].sum().item()
         if step % report_every == 0:
-            print(f"sft step {step}/{tr.steps} train loss {window_loss / window_tokens:.3f} "
-                  f"{time.perf_counter() - start:.0f}s", file=sys.stderr)
+            print(
+                f"sft step {step}/{tr.steps} train loss {window_loss / window_tokens:.3f} "
+                f"{time.perf_counter() - start:.0f}s",
+                file=sys.stderr,
+            )
             window_loss, window_tokens = 0.0, 0
     train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
 
@@ -273,10 +282,11 @@ def build_all(out_root: Path, params: dict[str, Any] | None = None) -> dict[str,
     p = load_params(overrides=params)
     paths = {
         "prompts": write_prompt_pool(out_root / PROMPT_POOL, p),
-        "tokenizer": write_tokenizer(out_root / TOKENIZER_DIR),
+        "tokenizer": out_root / TOKENIZER_DIR,
         "policy": out_root / POLICY_DIR,
         "metrics": out_root / SFT_METRICS,
     }
+    build_tokenizer(paths["tokenizer"])
     pretrain_policy(paths["tokenizer"], paths["policy"], paths["metrics"], p)
     return paths
 
@@ -292,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "prompts":
         print(f"wrote {write_prompt_pool(root / PROMPT_POOL, params)}")
     elif args.stage == "tokenizer":
-        print(f"wrote {write_tokenizer(root / TOKENIZER_DIR)}")
+        build_tokenizer(root / TOKENIZER_DIR)
+        print(f"wrote {root / TOKENIZER_DIR}")
     else:
         metrics = pretrain_policy(root / TOKENIZER_DIR, root / POLICY_DIR, root / SFT_METRICS, params)
         print(json.dumps(metrics, indent=2))

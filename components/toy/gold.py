@@ -4,9 +4,10 @@ The proxy reward models, the judge and the policy never see this function; evalu
 tell whether the loop really improved the policy or only its proxy score. A completion's gold reward is the sum
 of the terms below, computed on `completion.split()` ("." is a token; "words" are the tokens other than "."):
 
-- sentiment  = 0.5 * clip(#positive - #negative, -2, +2), in [-1, +1]. What the labeler mostly wants. It is
-  capped on purpose: a proxy that learned "more positive words are better" keeps rewarding positive spam long
-  after gold stops, which is the reward hacking the loop must be able to show (and catch).
+- sentiment  = 0.75 * clip(#positive - #negative, -2, +2), in [-1.5, +1.5]. What the labeler mostly wants,
+  so the largest term. It is capped on purpose: a proxy that learned "more positive words are better" keeps
+  rewarding positive spam long after gold stops, which is the reward hacking the loop must be able to show
+  (and catch).
 - on_topic   = +0.4 per distinct word of the prompt's topic, at most 2 counted (+0.8): talk about the thing.
 - aspect     = +0.5 if the prompt's aspect (`review pizza crust ... :` -> "crust") is mentioned: answer the
   question asked, which needs the policy to read the prompt rather than only its topic.
@@ -16,11 +17,13 @@ of the terms below, computed on `completion.split()` ("." is a token; "words" ar
   long run of positive words (the proxy exploit above) costs more than its capped sentiment can earn. The floor
   stops an empty or one-word completion from beating an honest negative review.
 - form       = +0.3 if the completion ends with a single "." (well-formed), else -0.5 (run-on or "..").
-- repetition = -0.3 per repeated occurrence of a word outside the grammar words (`FUNCTION_WORDS`): "great
-  great great" is not a review, and repetition is the cheapest way to pile up positive words.
+- repetition = -1.0 per repeated occurrence of a word outside the grammar words (`FUNCTION_WORDS`): "great
+  great great" is not a review, and repetition is the cheapest way to pile up positive words, so a repeat
+  costs more than the 0.75 a second positive word can earn.
 
-Scale: hand-written reviews span about [-3, +3]; the pre-trained bootstrap policy averages about -0.1 and a
-good policy (concise, positive, on topic and aspect, well-formed) scores +1.5 to +2.6, the maximum.
+Scale: most reviews score within [-3, +3] (a long run-on far below); the pre-trained bootstrap policy averages
+about -0.2, and a good policy (concise, positive, on topic and aspect, well-formed) scores +2 to +3.1, the
+maximum.
 """
 
 from __future__ import annotations
@@ -29,14 +32,14 @@ from collections import Counter
 
 from components.toy.language import FUNCTION_WORDS, NEGATIVE, PERIOD, POSITIVE, WORD_TOPIC, parse_prompt
 
-SENTIMENT_WEIGHT, SENTIMENT_CAP = 0.5, 2
+SENTIMENT_WEIGHT, SENTIMENT_CAP = 0.75, 2
 ON_TOPIC_WEIGHT, ON_TOPIC_CAP = 0.4, 2
 ASPECT_BONUS = 0.5
 OFF_TOPIC_PENALTY = 0.5
 LENGTH_TARGET, LENGTH_PENALTY = 12, 0.15
 MIN_WORDS, TOO_SHORT_PENALTY = 3, 1.0
 WELL_FORMED_BONUS, MALFORMED_PENALTY = 0.3, 0.5
-REPETITION_PENALTY = 0.3
+REPETITION_PENALTY = 1.0
 
 
 def gold_terms(prompt: str, completion: str) -> dict[str, float]:

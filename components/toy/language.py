@@ -25,39 +25,27 @@ class Topic:
     nouns: tuple[str, ...]  # further on-topic nouns
 
 
+# topic: (aspects, further nouns)
 TOPICS: dict[str, Topic] = {
-    "pizza": Topic(("crust", "sauce", "cheese", "toppings", "dough", "slice"),
-                   ("pepperoni", "oven", "mozzarella", "basil")),
-    "burger": Topic(("patty", "bun", "fries", "pickles", "bacon", "ketchup"),
-                    ("grill", "onion", "lettuce", "tomato")),
-    "coffee": Topic(("espresso", "latte", "beans", "foam", "roast", "aroma"),
-                    ("barista", "cup", "mug", "milk")),
-    "movie": Topic(("plot", "actors", "ending", "script", "soundtrack", "pacing"),
-                   ("director", "scene", "cinema", "sequel")),
-    "book": Topic(("chapters", "characters", "prose", "author", "cover", "dialogue"),
-                  ("novel", "pages", "story", "paperback")),
-    "concert": Topic(("band", "vocals", "crowd", "setlist", "venue", "encore"),
-                     ("drummer", "guitar", "stage", "tickets")),
-    "hotel": Topic(("room", "staff", "lobby", "bed", "breakfast", "pool"),
-                   ("suite", "checkin", "towels", "balcony")),
-    "airline": Topic(("flight", "crew", "seats", "boarding", "luggage", "legroom"),
-                     ("pilot", "gate", "cabin", "delay")),
-    "phone": Topic(("battery", "screen", "charger", "signal", "apps", "speaker"),
-                   ("case", "ringtone", "calls", "storage")),
-    "laptop": Topic(("keyboard", "trackpad", "display", "fan", "hinge", "ports"),
-                    ("processor", "ram", "webcam", "lid")),
-    "camera": Topic(("lens", "autofocus", "sensor", "flash", "zoom", "shutter"),
-                    ("tripod", "photos", "pixels", "viewfinder")),
-    "headphones": Topic(("earcups", "bass", "cable", "microphone", "headband", "treble"),
-                        ("bluetooth", "volume", "earbuds", "headset")),
-    "car": Topic(("engine", "brakes", "mileage", "steering", "trunk", "dashboard"),
-                 ("tires", "mechanic", "fuel", "sedan")),
-    "bike": Topic(("gears", "saddle", "chain", "frame", "pedals", "handlebars"),
-                  ("helmet", "spokes", "wheels", "bell")),
-    "shoes": Topic(("sole", "laces", "fit", "heel", "insole", "leather"),
-                   ("sneakers", "size", "toe", "boots")),
-    "gym": Topic(("coaches", "equipment", "lockers", "classes", "showers", "weights"),
-                 ("treadmill", "membership", "yoga", "sauna")),
+    name: Topic(tuple(aspects.split()), tuple(nouns.split()))
+    for name, aspects, nouns in (
+        ("pizza", "crust sauce cheese toppings dough slice", "pepperoni oven mozzarella basil"),
+        ("burger", "patty bun fries pickles bacon ketchup", "grill onion lettuce tomato"),
+        ("coffee", "espresso latte beans foam roast aroma", "barista cup mug milk"),
+        ("movie", "plot actors ending script soundtrack pacing", "director scene cinema sequel"),
+        ("book", "chapters characters prose author cover dialogue", "novel pages story paperback"),
+        ("concert", "band vocals crowd setlist venue encore", "drummer guitar stage tickets"),
+        ("hotel", "room staff lobby bed breakfast pool", "suite checkin towels balcony"),
+        ("airline", "flight crew seats boarding luggage legroom", "pilot gate cabin delay"),
+        ("phone", "battery screen charger signal apps speaker", "case ringtone calls storage"),
+        ("laptop", "keyboard trackpad display fan hinge ports", "processor ram webcam lid"),
+        ("camera", "lens autofocus sensor flash zoom shutter", "tripod photos pixels viewfinder"),
+        ("headphones", "earcups bass cable microphone headband treble", "bluetooth volume earbuds headset"),
+        ("car", "engine brakes mileage steering trunk dashboard", "tires mechanic fuel sedan"),
+        ("bike", "gears saddle chain frame pedals handlebars", "helmet spokes wheels bell"),
+        ("shoes", "sole laces fit heel insole leather", "sneakers size toe boots"),
+        ("gym", "coaches equipment lockers classes showers weights", "treadmill membership yoga sauna"),
+    )
 }
 
 # Context words that multiply the number of distinct prompts; they carry no meaning for the gold reward.
@@ -70,10 +58,8 @@ NEGATIVE_VERBS = ("hated", "disliked", "regretted")
 POSITIVE = frozenset(POSITIVE_ADJECTIVES + POSITIVE_VERBS)
 NEGATIVE = frozenset(NEGATIVE_ADJECTIVES + NEGATIVE_VERBS)
 
-# Words that belong to no topic and carry no sentiment: grammar, and the chatter a mediocre review drifts into.
+# Grammar: belongs to no topic, carries no sentiment, and may repeat without penalty.
 FUNCTION_WORDS = ("the", "was", "it", "i", "and", "but", "so", "also", "really", "very", "quite", "then")
-FILLER_WORDS = ("honestly", "overall", "anyway", "well", "maybe", "weather", "traffic", "friend", "monday",
-                "stuff", "things", "said", "my", "think", "on")
 PROMPT_WORDS = ("review", ":")
 PERIOD = "."
 
@@ -83,26 +69,39 @@ WORD_TOPIC: dict[str, str] = {
 }
 assert len(WORD_TOPIC) == sum(1 + len(t.aspects) + len(t.nouns) for t in TOPICS.values()), "topic words overlap"
 
-# Corpus shape. Tuned so the pre-trained policy's mean gold reward is about -0.1 and best-of-8 is above +1.
+# Corpus shape. Tuned so the pre-trained policy's mean gold reward is about -0.2, its best of 8 samples per
+# prompt above +1.5 (components/toy/bootstrap.py reports both), and completions average 12-14 tokens.
 CLAUSE_COUNT_WEIGHTS = {1: 0.30, 2: 0.35, 3: 0.20, 4: 0.15}  # a concise review has 1-2 clauses
-P_RUN_ON = 0.15  # instead, ramble on for 5-8 clauses
+P_RUN_ON = 0.12  # instead, ramble on for 5-8 clauses
 RUN_ON_CLAUSES = (5, 8)
 P_STAY_ON_POLARITY = 0.7  # each clause keeps the review's overall sentiment, else flips it (mixed reviews)
-P_DRIFT = 0.2  # a clause talks about another topic's noun
-P_ASPECT_FIRST = 0.5  # the first clause addresses the prompt's aspect
+P_DRIFT = 0.15  # a clause talks about another topic's noun
+P_ASPECT_FIRST = 0.6  # the first clause addresses the prompt's aspect
 P_FILLER = 0.2  # a clause starts with a filler phrase
 P_SENTENCE_BREAK = 0.25  # clauses are joined by "." instead of a conjunction
 P_MISSING_PERIOD = 0.2  # the review stops without its final "."
 CONNECTORS = ("and", "but", "so", "also", "then")
-FILLER_PHRASES = (("honestly",), ("overall",), ("anyway",), ("well",), ("maybe",), ("i", "think"),
-                  ("the", "weather", "was", "nice", "and"), ("the", "traffic", "was", "bad", "so"),
-                  ("my", "friend", "said"), ("on", "monday"), ("stuff", "and", "things", "but"))
+# The chatter a mediocre review drifts into; some of it carries sentiment about something else ("nice" weather).
+FILLER_PHRASES = (
+    ("honestly",),
+    ("overall",),
+    ("anyway",),
+    ("well",),
+    ("maybe",),
+    ("i", "think"),
+    ("the", "weather", "was", "nice", "and"),
+    ("the", "traffic", "was", "bad", "so"),
+    ("my", "friend", "said"),
+    ("on", "monday"),
+    ("stuff", "and", "things", "but"),
+)
 
 
 def vocabulary() -> list[str]:
     """Every word the language can produce, in a fixed order (the tokenizer's vocabulary after its specials)."""
-    words = [*PROMPT_WORDS, PERIOD, *OCCASIONS, *WORD_TOPIC, *POSITIVE_ADJECTIVES, *NEGATIVE_ADJECTIVES,
-             *POSITIVE_VERBS, *NEGATIVE_VERBS, *FUNCTION_WORDS, *FILLER_WORDS]
+    sentiment = POSITIVE_ADJECTIVES + NEGATIVE_ADJECTIVES + POSITIVE_VERBS + NEGATIVE_VERBS
+    filler = [word for phrase in FILLER_PHRASES for word in phrase]
+    words = [*PROMPT_WORDS, PERIOD, *OCCASIONS, *WORD_TOPIC, *sentiment, *FUNCTION_WORDS, *filler]
     return list(dict.fromkeys(words))
 
 
@@ -200,9 +199,11 @@ def make_prompt_pool(seed: int, n_train_per_topic: int, n_eval_per_topic: int):
         k = occurrences.get(text, 0)
         occurrences[text] = k + 1
         prompt_ids.append(hashlib.sha256(f"{text}\n{k}".encode()).hexdigest())
-    return pa.table({
-        "prompt_id": pa.array(prompt_ids, pa.string()),
-        "prompt": pa.array([r[0] for r in rows], pa.string()),
-        "source": pa.array([r[1] for r in rows], pa.string()),
-        "split": pa.array([r[2] for r in rows], pa.string()),
-    })
+    return pa.table(
+        {
+            "prompt_id": pa.array(prompt_ids, pa.string()),
+            "prompt": pa.array([r[0] for r in rows], pa.string()),
+            "source": pa.array([r[1] for r in rows], pa.string()),
+            "split": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
