@@ -41,7 +41,52 @@ class GenerateConfig(_Frozen):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(128, ge=1, description="Prompts×samples decoded together in one `generate` call.")
-    backend: Literal["hf"] = Field("hf", description="hf: transformers generate (CPU or GPU).")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf: transformers generate (CPU or GPU); vllm: vLLM's offline engine (needs the `vllm` extra"
+        " and a CUDA device, else it falls back to hf with a warning).",
+    )
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="vllm only: share of GPU memory vLLM may take (weights + KV cache)."
+    )
+
+
+class JudgeConfig(_Frozen):
+    """The pairwise LLM judge that uncertain pairs are routed to (components/judge.py). Every pair is judged in
+    both orders; only a consistent verdict becomes a label."""
+
+    backend: Literal["none", "toy", "hf", "openai"] = Field(
+        "none",
+        description="none: no judge (uncertain pairs go straight to `label.uncertain`); toy: the hidden gold reward"
+        " with `noise` and `position_bias` (needs `gold: toy`); hf: a local causal LM (`model` = from_pretrained"
+        " path) compares log-likelihoods of the verdict tokens; openai: any OpenAI-compatible chat endpoint.",
+    )
+    model: str = Field("", description="hf: from_pretrained path/hub id; openai: the served model name.")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="openai: endpoint base URL (…/v1); requests go to /chat/completions."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai: name of the environment variable holding the API key (never logged)."
+    )
+    rubric_version: str = Field(
+        "v1", description="Version of the rubric prompt; part of the cache key, bump it when the rubric changes."
+    )
+    budget: int = Field(200, ge=0, description="Judge calls allowed per iteration (each pair costs 2: both orders;"
+                        " cache hits are free).")
+    select: Literal["uncertainty", "random"] = Field(
+        "uncertainty",
+        description="Which pairs spend the budget: uncertainty = the routed (uncertain) pairs, least certain first;"
+        " random = a random sample of all built pairs (the baseline routing is measured against).",
+    )
+    concurrency: int = Field(4, ge=1, description="Judge calls in flight at once.")
+    max_retries: int = Field(3, ge=0, description="Retries of a call after a transport error or HTTP 429/5xx.")
+    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles on every retry.")
+    timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout in seconds.")
+    max_tokens: int = Field(4, ge=1, description="openai: tokens the judge may generate for its verdict.")
+    noise: float = Field(0.1, ge=0, le=0.5, description="toy: probability that a verdict is flipped (label noise).")
+    position_bias: float = Field(
+        0.1, ge=0, le=1, description="toy: probability that the judge answers 'A' (the first shown) whatever it saw."
+    )
 
 
 class LabelConfig(_Frozen):
@@ -62,45 +107,197 @@ class LabelConfig(_Frozen):
         1.0,
         ge=0,
         description="Keep a pair only if its aggregate margin exceeds this many ensemble standard deviations"
-        " of the margin (pairs inside the ensemble's uncertainty are dropped).",
+        " of the margin; pairs inside the ensemble's uncertainty are routed (judge, then `uncertain`).",
     )
     seed_gold_pairs: int = Field(
         1000, ge=0, description="Gold-labelled random pairs in the first iteration, before any reward model exists."
     )
+    pairing: Literal["best_vs_worst", "all_pairs", "rejection_sampling"] = Field(
+        "best_vs_worst",
+        description="Pair construction per prompt from the aggregate reward: best_vs_worst = argmax vs argmin;"
+        " all_pairs = every pair with |margin| >= all_pairs_min_margin; rejection_sampling = RSO-style, candidates"
+        " accepted with probability exp((r - max r) / rs_beta), consecutive accepted ones paired.",
+    )
+    all_pairs_min_margin: float = Field(0.0, ge=0, description="all_pairs: smallest aggregate margin to pair.")
+    rs_beta: float = Field(0.5, gt=0, description="rejection_sampling: temperature β of exp(r/β).")
+    rs_pairs_per_prompt: int = Field(1, ge=1, description="rejection_sampling: pairs drawn per prompt.")
+    min_agreement: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A pair is also uncertain if fewer than this share of members prefer the chosen side.",
+    )
+    judge: JudgeConfig = JudgeConfig()
+    uncertain: Literal["drop", "human_queue"] = Field(
+        "drop",
+        description="Uncertain pairs the judge could not settle (inconsistent, over budget, or no judge): drop them,"
+        " or also export them to <workspace>/human_queue/iter-NNNN.jsonl for `alignloop labels import`.",
+    )
+
+
+class LoraSettings(_Frozen):
+    """Optional LoRA (peft) adapters; the trained adapter is merged into the weights before saving, so every later
+    stage loads a plain `from_pretrained` checkpoint."""
+
+    r: int = Field(0, ge=0, description="Adapter rank; 0 = off (full fine-tuning).")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (update scaled by alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; None = peft's default for the architecture (GPT-2: c_attn)."
+    )
+
+
+TRAINER_ARGS_DOC = (
+    "Extra transformers/TRL TrainingArguments passed through unchanged (e.g. deepspeed: ds.json,"
+    " gradient_accumulation_steps: 4, bf16: true, fsdp: ...): how accelerate/DeepSpeed settings reach the"
+    " trainer on real hardware. Unknown names are errors at train time."
+)
 
 
 class RewardConfig(_Frozen):
-    """Stage 4, train_reward: Bradley-Terry reward-model ensemble on all preferences so far."""
+    """Stage 4, train_reward: Bradley-Terry reward-model ensemble, warm-started and trained on a replay buffer."""
 
     members: int = Field(3, ge=1, description="Ensemble size K; members differ by seed and bootstrap resample.")
     init: str | None = Field(
         None, description="Backbone to start members from (from_pretrained path/hub id); None = the initial policy."
     )
     learning_rate: float = Field(3e-5, gt=0)
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(6, ge=1, description="Epochs of a from-scratch training (no previous ensemble).")
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(64, ge=8)
     heldout_frac: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for pair accuracy.")
     bootstrap: bool = Field(True, description="Each member trains on a bootstrap resample (diversity).")
+    warm_start: bool = Field(
+        True, description="Start member k from the previous ensemble's member k (mod its size) instead of `init`."
+    )
+    warm_epochs: int = Field(
+        2, ge=1, description="Epochs when warm-started: the members already fit the old pairs, so fewer suffice."
+    )
+    replay_cap: int = Field(
+        600, ge=0, description="Older (not newest-iteration) pairs sampled into a warm-started retraining."
+    )
+    replay_recency: float = Field(
+        0.7, gt=0, le=1, description="Sampling weight of an older pair = replay_recency ** (its age in iterations);"
+        " 1 = uniform over all history."
+    )
+    replay_seed_share: float = Field(
+        0.3, ge=0, le=1, description="Share of the replay sample always drawn from the seed (non-self-generated:"
+        " gold/human) pairs, so retraining stays anchored to real labels."
+    )
+    max_heldout_regression: float = Field(
+        0.02, ge=0, le=1, description="A retrained ensemble replaces the previous one unless its held-out pair"
+        " accuracy falls below the previous one's by more than this (beyond `regression_z` standard errors)."
+    )
+    regression_z: float = Field(
+        1.64, ge=0, description="One-sided z of the regression test on paired held-out correctness (1.64 ~ 95%),"
+        " so a few held-out pairs of noise never discard a retrained ensemble."
+    )
+    ece_bins: int = Field(10, ge=2, description="Bins of the expected calibration error of P_BT(chosen > rejected).")
+    lora: LoraSettings = LoraSettings()
+    trainer_args: dict[str, Any] = Field(default_factory=dict, description=TRAINER_ARGS_DOC)
+
+
+class RLConfig(_Frozen):
+    """Online RL (train_policy.algo = rloo | grpo): sample, score with the reward-model ensemble, update."""
+
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (the leave-one-out / group baseline).")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(
+        0.05, ge=0, description="β of the KL penalty to the reference (initial value under adaptive control); 0 = none."
+    )
+    kl_control: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="adaptive: Ziegler et al.'s proportional controller moves β toward `kl_target`."
+    )
+    kl_target: float = Field(2.0, gt=0, description="Adaptive control's target KL (nats per sequence).")
+    kl_horizon: int = Field(100, ge=1, description="Adaptive control's horizon in optimizer steps (its gain).")
+    shaping: Literal["none", "par", "log_sigmoid"] = Field(
+        "par", description="Reward transform relative to reference completions' rewards r_ref: par = mean σ(r − r_ref)"
+        " (bounded, PAR); log_sigmoid = mean log σ(r − r_ref); none = the raw ensemble aggregate."
+    )
+    reference_samples: int = Field(
+        2, ge=1, description="Reference-policy completions per prompt whose rewards center the shaping."
+    )
+    prompt_repeats: int = Field(1, ge=1, description="Passes over this iteration's prompts per epoch.")
 
 
 class PolicyConfig(_Frozen):
-    """Stage 5, train_policy: DPO from the champion to a candidate."""
+    """Stage 5, train_policy: DPO on the labelled pairs, or online RL against the reward-model ensemble."""
 
+    algo: Literal["dpo", "rloo", "grpo"] = Field(
+        "dpo", description="dpo: iterative online DPO on label's pairs (cheapest, default); rloo: REINFORCE"
+        " leave-one-out with the KL penalty in the reward (the RLHF objective E[r] − β·KL; TRL core trainer);"
+        " grpo: group-normalised advantages with the KL term in the loss."
+    )
     beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the implicit KL to the reference.")
     learning_rate: float = Field(1e-4, gt=0, description="1e-4 suits tiny from-scratch models; use ~5e-7 for 7B.")
     epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    loss_type: Literal["sigmoid", "ipo", "robust"] = Field("sigmoid", description="TRL DPO loss variant.")
+    batch_size: int = Field(
+        16, ge=1, description="Pairs (dpo) or completions (rl; a multiple of rl.num_generations) per optimizer step."
+    )
+    loss_type: Literal["sigmoid", "ipo", "robust"] = Field(
+        "sigmoid", description="TRL DPO loss: sigmoid (Rafailov et al.); ipo (squared, no over-confidence);"
+        " robust (label-smoothed 0.1 for noisy labels). sigmoid by default: our labels are filtered for confidence."
+    )
     sft_coef: float = Field(0.0, ge=0, description="RPO: weight of an SFT (NLL) term on chosen responses.")
     reference: Literal["initial", "previous"] = Field(
-        "initial", description="initial: the loop's starting policy (fixed anchor); previous: the champion."
+        "initial", description="initial: the loop's starting policy (fixed anchor, so KL in the gate is total drift;"
+        " default); previous: the champion (allows larger total drift, one trust region per iteration)."
     )
     max_length: int = Field(64, ge=8)
+    rl: RLConfig = RLConfig()
+    lora: LoraSettings = LoraSettings()
+    trainer_args: dict[str, Any] = Field(default_factory=dict, description=TRAINER_ARGS_DOC)
+    probe_prompts: int = Field(
+        32, ge=1, description="Held-out prompts sampled after the update to estimate KL, entropy, length, reward."
+    )
+    probe_samples: int = Field(2, ge=1, description="Completions per probe prompt.")
+
+    @model_validator(mode="after")
+    def _rl_batch(self) -> PolicyConfig:
+        if self.algo != "dpo" and self.batch_size % self.rl.num_generations:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of rl.num_generations="
+                             f"{self.rl.num_generations}")
+        return self
+
+
+class GateCheck(_Frozen):
+    """One check of the gate: a metric of the evaluation, a bound, and whether failing it blocks promotion.
+
+    Metrics (see `components.stages.evaluate`): per-model ones (`proxy_reward`, `gold_reward`, `kl`,
+    `mean_tokens`, `regression_logp`) are read for the candidate, or compared with the champion's by
+    `vs_champion`; paired ones (`proxy_win_rate.ci_low`, `heldout_win_rate.value`, `lc_heldout_win_rate.ci_low`,
+    `reward_hacking`, ...) are candidate-vs-champion already and take an absolute bound.
+    """
+
+    name: str = Field(description="Label in the gate table and in rejection reasons.")
+    metric: str = Field(description="Evaluation metric name (per-model or paired, see the class docstring).")
+    vs_champion: Literal["none", "difference", "ratio"] = Field(
+        "none", description="none: the metric itself; difference: candidate − champion; ratio: candidate / champion."
+    )
+    above: float | None = Field(None, description="Passes only if value > above.")
+    at_least: float | None = Field(None, description="Passes only if value >= at_least.")
+    below: float | None = Field(None, description="Passes only if value < below.")
+    at_most: float | None = Field(None, description="Passes only if value <= at_most.")
+    blocking: bool = Field(True, description="A failed blocking check rejects the candidate; others only warn.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> GateCheck:
+        if all(b is None for b in (self.above, self.at_least, self.below, self.at_most)):
+            raise ValueError(f"gate check {self.name!r} has no bound (set above, at_least, below or at_most)")
+        if (self.above is not None and self.at_least is not None) or (
+                self.below is not None and self.at_most is not None):
+            raise ValueError(f"gate check {self.name!r}: use one lower bound and one upper bound at most")
+        return self
 
 
 class GateConfig(_Frozen):
-    """The promotion rule: every check must pass for the candidate to become champion."""
+    """The promotion rule: every blocking check must pass for the candidate to become champion.
+
+    `checks` unset = the standard checks, built from the thresholds below by `components.gating.standard_checks`:
+    proxy win rate, KL budget, length ratio, and with a held-out judge its win rate and the reward-hacking check
+    (all blocking); the length-controlled win rate (advisory); the regression-set likelihood (blocking).
+    """
 
     min_win_rate_lower: float = Field(
         0.5, ge=0, le=1, description="Lower CI bound of the candidate's win rate vs the champion must exceed this."
@@ -112,6 +309,18 @@ class GateConfig(_Frozen):
         description="Independent held-out signal for the win rate (toy: the gold oracle plays the judge). The"
         " candidate must not lose to the champion on it (lower CI bound of its win rate ≥ 0.5 - tie margin).",
     )
+    hacking_tolerance: float = Field(
+        0.0, ge=0, description="Reward-hacking check: `reward_hacking` (> 0 when the proxy win rate is significantly"
+        " above ½ while the held-out one is not above ½) must stay at most this."
+    )
+    max_regression_drop: float = Field(
+        4.0, gt=0, description="Regression check: mean log-likelihood of the fixed reference completions (nats per"
+        " sequence) may fall at most this much below the champion's."
+    )
+    checks: tuple[GateCheck, ...] | None = Field(
+        None, description="The full gate specification; unset = the standard checks (class docstring). A list"
+        " replaces them: each item is a GateCheck (name, metric, vs_champion, bound, blocking)."
+    )
 
 
 class EvalConfig(_Frozen):
@@ -121,7 +330,30 @@ class EvalConfig(_Frozen):
     samples_per_prompt: int = Field(4, ge=1)
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
+    regression_set: str = Field(
+        "toy", description="Fixed reference completions whose likelihood must not drop: 'toy' = per held-out"
+        " prompt, the gold-best of `regression_best_of` corpus reviews (needs `gold: toy`); a path = Parquet with"
+        " prompt and completion columns; 'none' = no regression check."
+    )
+    regression_best_of: int = Field(8, ge=1, description="'toy' regression set: corpus reviews drawn per prompt.")
     gate: GateConfig = GateConfig()
+
+
+class LaunchConfig(_Frozen):
+    """How training stages (train_reward, train_policy) run: in the task's process, or as an `accelerate launch`
+    subprocess (multi-GPU / DeepSpeed) started from the Prefect task, so a GPU work pool can run them."""
+
+    mode: Literal["in_process", "accelerate"] = Field(
+        "in_process", description="in_process: call the stage directly; accelerate: `accelerate launch` a subprocess."
+    )
+    num_processes: int = Field(1, ge=1, description="accelerate --num_processes (one per GPU).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate --mixed_precision.")
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON config file passed as --use_deepspeed --deepspeed_config_file."
+    )
+    extra_args: tuple[str, ...] = Field(
+        (), description="Further `accelerate launch` flags, passed as given (e.g. ['--main_process_port', '29501'])."
+    )
 
 
 class LoopConfig(_Frozen):
@@ -142,6 +374,7 @@ class LoopConfig(_Frozen):
     train_reward: RewardConfig = RewardConfig()
     train_policy: PolicyConfig = PolicyConfig()
     evaluate: EvalConfig = EvalConfig()
+    train_launch: LaunchConfig = LaunchConfig()
 
     @model_validator(mode="after")
     def _gold_needed(self) -> LoopConfig:
@@ -150,6 +383,8 @@ class LoopConfig(_Frozen):
             raise ValueError("label.labeler='gold' or label.seed_gold_pairs > 0 needs `gold: toy`")
         if self.evaluate.gate.heldout_judge == "gold" and self.gold is None:
             raise ValueError("evaluate.gate.heldout_judge='gold' needs `gold: toy`")
+        if self.evaluate.regression_set == "toy" and self.gold is None:
+            raise ValueError("evaluate.regression_set='toy' needs `gold: toy` (or a Parquet path, or 'none')")
         return self
 
 

@@ -1,18 +1,22 @@
 """The promotion rule: a candidate replaces the champion only if every blocking check passes.
 
-Each check records its value, bound and verdict, so a rejected candidate always says why.
+A check (config: `GateCheck`) reads one metric of the evaluation, optionally against the champion's value,
+and compares it with a bound. Each check records its value, bound and verdict, so a rejected candidate
+always says why, and the decision renders as a table (Prefect artifact, MLflow, the iteration report).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
-from components.config import GateConfig
+from components.config import GateCheck, GateConfig
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
+    metric: str
     value: float
     bound: str        # human-readable bound, e.g. "> 0.5"
     passed: bool
@@ -20,7 +24,7 @@ class Check:
 
     @property
     def reason(self) -> str:
-        return f"{self.name} = {self.value:.4g} (needs {self.bound})"
+        return f"{self.name}: {self.metric} = {self.value:.4g} (needs {self.bound})"
 
 
 @dataclass(frozen=True)
@@ -32,24 +36,94 @@ class GateDecision:
     def reasons(self) -> list[str]:
         return [c.reason for c in self.checks if c.blocking and not c.passed]
 
+    @property
+    def warnings(self) -> list[str]:
+        return [c.reason for c in self.checks if not c.blocking and not c.passed]
+
     def to_dict(self) -> dict:
-        return {"promote": self.promote, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+        return {"promote": self.promote, "reasons": self.reasons, "warnings": self.warnings,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def standard_checks(gate: GateConfig, metrics: dict[str, float]) -> tuple[GateCheck, ...]:
+    """The default specification, from the thresholds in `gate`; the regression check only where the
+    evaluation had a regression set (its metrics exist)."""
+    win = gate.min_win_rate_lower
+    checks = [
+        GateCheck(name="proxy_win_rate", metric="proxy_win_rate.ci_low", above=win),
+        GateCheck(name="kl_budget", metric="kl", at_most=gate.max_kl),
+        GateCheck(name="length_ratio", metric="mean_tokens", vs_champion="ratio",
+                  at_least=1 / gate.max_length_ratio, at_most=gate.max_length_ratio),
+    ]
+    if gate.heldout_judge != "none":
+        checks += [
+            GateCheck(name="heldout_win_rate", metric="heldout_win_rate.ci_low", above=win),
+            # The proxy may rise while an independent signal does not: the classic over-optimisation signature.
+            GateCheck(name="reward_hacking", metric="reward_hacking", at_most=gate.hacking_tolerance),
+        ]
+    # Length-controlled: does the candidate still win once reward explained by length is removed? Advisory,
+    # because on small held-out sets its CI is wide; the length ratio above is what blocks.
+    lc = "lc_heldout_win_rate" if gate.heldout_judge != "none" else "lc_proxy_win_rate"
+    checks.append(GateCheck(name="length_controlled_win_rate", metric=f"{lc}.ci_low", above=win, blocking=False))
+    if "candidate.regression_logp" in metrics:
+        checks.append(GateCheck(name="regression", metric="regression_logp", vs_champion="difference",
+                                at_least=-gate.max_regression_drop))
+    return tuple(checks)
+
+
+def _lookup(metrics: dict[str, float], key: str, check: GateCheck) -> float:
+    if key not in metrics:
+        raise KeyError(f"gate check {check.name!r}: the evaluation has no metric {key!r}; "
+                       f"available: {sorted(metrics)}")
+    return float(metrics[key])
+
+
+def measure(check: GateCheck, metrics: dict[str, float]) -> float:
+    """The checked value: a paired metric as is, a per-model one for the candidate or against the champion."""
+    if check.vs_champion == "none":
+        key = check.metric if check.metric in metrics else f"candidate.{check.metric}"
+        return _lookup(metrics, key, check)
+    cand = _lookup(metrics, f"candidate.{check.metric}", check)
+    champ = _lookup(metrics, f"champion.{check.metric}", check)
+    if check.vs_champion == "difference":
+        return cand - champ
+    return cand / champ if champ else math.inf
+
+
+def bound_text(check: GateCheck) -> str:
+    parts = [f"{op} {v:.4g}" for op, v in ((">", check.above), (">=", check.at_least), ("<", check.below),
+                                           ("<=", check.at_most)) if v is not None]
+    return " and ".join(parts)
+
+
+def passes(check: GateCheck, value: float) -> bool:
+    """NaN passes nothing: a metric that could not be computed must not let a candidate through."""
+    return ((check.above is None or value > check.above) and (check.at_least is None or value >= check.at_least)
+            and (check.below is None or value < check.below) and (check.at_most is None or value <= check.at_most)
+            and not math.isnan(value))
 
 
 def decide(metrics: dict[str, float], gate: GateConfig) -> GateDecision:
-    """metrics keys: proxy_win_rate_ci_low, kl_candidate, length_ratio and, when a held-out judge exists,
-    heldout_win_rate_ci_low. Length ratio = candidate mean tokens / champion mean tokens."""
-    ratio = metrics["length_ratio"]
-    checks = [
-        Check("proxy_win_rate_ci_low", metrics["proxy_win_rate_ci_low"], f"> {gate.min_win_rate_lower}",
-              metrics["proxy_win_rate_ci_low"] > gate.min_win_rate_lower),
-        Check("kl_candidate", metrics["kl_candidate"], f"<= {gate.max_kl}", metrics["kl_candidate"] <= gate.max_kl),
-        Check("length_ratio", ratio, f"in [{1 / gate.max_length_ratio:.3g}, {gate.max_length_ratio}]",
-              1 / gate.max_length_ratio <= ratio <= gate.max_length_ratio),
-    ]
-    if gate.heldout_judge != "none":
-        # Reward-hacking guard: the proxy may rise while an independent judge does not; require the judge too.
-        checks.append(Check("heldout_win_rate_ci_low", metrics["heldout_win_rate_ci_low"],
-                            f"> {gate.min_win_rate_lower}",
-                            metrics["heldout_win_rate_ci_low"] > gate.min_win_rate_lower))
+    """`metrics`: the evaluation's flat metrics (`candidate.kl`, `champion.mean_tokens`, `proxy_win_rate.ci_low`,
+    `reward_hacking`, ...). Checks: `gate.checks` if given, else `standard_checks`."""
+    spec = gate.checks if gate.checks is not None else standard_checks(gate, metrics)
+    checks = []
+    for c in spec:
+        value = measure(c, metrics)
+        metric = c.metric if c.vs_champion == "none" else f"{c.metric} ({c.vs_champion} vs champion)"
+        checks.append(Check(c.name, metric, value, bound_text(c), passes(c, value), c.blocking))
     return GateDecision(promote=all(c.passed for c in checks if c.blocking), checks=tuple(checks))
+
+
+def markdown(decision: dict, title: str) -> str:
+    """The decision (a `GateDecision.to_dict()`) as a Markdown table with its verdict and reasons."""
+    verdict = "**PROMOTE**" if decision["promote"] else "**REJECT**"
+    rows = [f"# {title}", "", f"Decision: {verdict}", "", "| check | metric | value | bound | verdict | blocking |",
+            "|---|---|---:|---|---|---|"]
+    for c in decision["checks"]:
+        rows.append(f"| {c['name']} | {c['metric']} | {c['value']:.4g} | {c['bound']} | "
+                    f"{'pass' if c['passed'] else 'FAIL'} | {'yes' if c['blocking'] else 'no'} |")
+    for label, key in (("Reasons", "reasons"), ("Warnings", "warnings")):
+        if decision.get(key):
+            rows += ["", f"{label}:", *[f"- {r}" for r in decision[key]]]
+    return "\n".join(rows) + "\n"

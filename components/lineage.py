@@ -20,6 +20,7 @@ from components.artifacts import ArtifactRef
 
 TAG_ITER, TAG_STAGE, TAG_SHA = "alignloop.iteration", "alignloop.stage", "alignloop.artifact_sha"
 POLICY, REWARD_MODEL = "policy", "reward-model"
+TAG_PROMOTED_OVER = "alignloop.promoted_over"
 
 
 def _client(tracking_uri: str):
@@ -117,12 +118,60 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
 
     def promote(self, name: str, version: str) -> None:
-        """champion → previous, candidate → champion. `champion` is written last, so an interruption leaves
-        the old champion in place (a stale `previous` is harmless: rollback re-reads `champion` first)."""
+        """champion → previous, `version` → champion. `champion` is written last, so a crash at any point leaves
+        the old champion in place and running promote again completes the move (tested by killing the process
+        between the writes). The replaced version is kept in the tag `alignloop.promoted_over`, which lets
+        rollback walk back more than one step."""
+        version = str(version)
         old = self.alias(name, "champion")
-        if old is not None and old.version != str(version):
+        if old is not None and old.version != version:
+            self.client.set_model_version_tag(name, version, TAG_PROMOTED_OVER, old.version)
             self.set_alias(name, "previous", old.version)
+            fault_point("promote:after-previous")
         self.set_alias(name, "champion", version)
+
+    def rollback(self, name: str, tags: dict[str, str]) -> tuple[str, str]:
+        """champion → previous, and previous → the version that one had replaced (or unset): repeated rollbacks
+        walk back the promotion history. `tags` go on the demoted version (who, why). Returns (demoted,
+        restored). A crash after the first write leaves champion == previous; a re-run then only finishes."""
+        champ, prev = self.alias(name, "champion"), self.alias(name, "previous")
+        if prev is None:
+            raise LookupError(f"{name}: no `previous` alias, nothing to roll back to")
+        demoted = champ.version if champ is not None else ""
+        if demoted != prev.version:
+            for k, v in tags.items():
+                self.client.set_model_version_tag(name, demoted, k, v)
+            self.set_alias(name, "champion", prev.version)
+            fault_point("rollback:after-champion")
+        before = prev.tags.get(TAG_PROMOTED_OVER)
+        if before:
+            self.set_alias(name, "previous", before)
+        else:
+            self.client.delete_registered_model_alias(name, "previous")
+        return demoted, prev.version
+
+    def version_by_sha(self, name: str, sha: str):
+        """The registered version of `name` holding the artifact with content hash `sha`, or None."""
+        found = self.client.search_model_versions(f"name = '{name}' and tags.`{TAG_SHA}` = '{sha}'")
+        return found[0] if found else None
+
+    def log_gate(self, run_id: str, decision: dict, table_markdown: str) -> None:
+        """The gate decision on a run: JSON + Markdown table as artifacts, each check's value as a metric."""
+        self.client.log_dict(run_id, decision, "gate/decision.json")
+        self.client.log_text(run_id, table_markdown, "gate/decision.md")
+        self.client.set_tag(run_id, "alignloop.gate_reasons", "; ".join(decision["reasons"]) or "all passed")
+        for c in decision["checks"]:
+            if math.isfinite(c["value"]):
+                self.client.log_metric(run_id, f"gate/{c['name']}", c["value"])
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: when $ALIGNLOOP_FAULT_POINT equals `name`, the process SIGKILLs itself here, so a test can
+    prove that dying between two registry writes is survivable. Only tests set it; unset, this does nothing."""
+    if os.environ.get("ALIGNLOOP_FAULT_POINT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StageRun:

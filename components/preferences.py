@@ -31,6 +31,42 @@ def best_vs_worst(group_ids: list[str], reward: np.ndarray) -> tuple[np.ndarray,
     return np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
 
 
+def all_pairs(group_ids: list[str], reward: np.ndarray, min_margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt group: every pair (i, j) with reward[i] - reward[j] > 0 and >= `min_margin`, oriented by reward.
+    K samples give up to K(K-1)/2 pairs per prompt: more labels from the same rollouts, more correlated ones."""
+    chosen, rejected = [], []
+    for idx in _groups(group_ids).values():
+        for n, i in enumerate(idx):
+            for j in idx[n + 1:]:
+                hi, lo = (i, j) if reward[i] >= reward[j] else (j, i)
+                if reward[hi] > reward[lo] and reward[hi] - reward[lo] >= min_margin:
+                    chosen.append(hi)
+                    rejected.append(lo)
+    return np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
+
+
+def rejection_sampling_pairs(group_ids: list[str], reward: np.ndarray, beta: float, pairs_per_prompt: int,
+                             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """RSO-style pairs: per prompt, draw candidates without replacement by rejection sampling towards
+    π*(y|x) ∝ π(y|x)·exp(r(x,y)/β) — propose a remaining sample uniformly (the samples already come from π),
+    accept it with probability exp((r - M)/β), M = max r over the remaining ones — and pair consecutive accepted
+    samples, oriented by reward. β → 0 gives best vs second best; β → ∞ gives random pairs."""
+    chosen, rejected = [], []
+    for idx in _groups(group_ids).values():
+        left, accepted = list(idx), []
+        while len(left) > 0 and len(accepted) < 2 * pairs_per_prompt:
+            top = max(reward[i] for i in left)
+            k = left[int(rng.integers(len(left)))]
+            if rng.random() < np.exp((reward[k] - top) / beta):
+                accepted.append(k)
+                left.remove(k)
+        for a, b in zip(accepted[0::2], accepted[1::2]):
+            if reward[a] != reward[b]:
+                chosen.append(a if reward[a] > reward[b] else b)
+                rejected.append(b if reward[a] > reward[b] else a)
+    return np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
+
+
 def random_pairs(group_ids: list[str], n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Up to `n_pairs` distinct unordered pairs within prompt groups, spread evenly over groups
     (round-robin), in random order. Orientation is left to the labeler."""

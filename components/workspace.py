@@ -8,6 +8,13 @@
 
 The ledger is the loop's memory between processes: an iteration records the champion and reward model it
 started from before its first stage, so a resumed iteration sees exactly the inputs the crashed one saw.
+
+Services (the team stack, `alignloop stack up`) replace the local defaults through the environment, so the
+same workspace code runs on a laptop and against shared servers; secrets never pass through here:
+    MLFLOW_TRACKING_URI          tracking + registry server (default: the SQLite file above)
+    ALIGNLOOP_DVC_REMOTE         DVC remote URL, e.g. s3://alignloop/dvc (default <root>/dvc-remote)
+    ALIGNLOOP_ARTIFACT_REMOTE    S3 mirror of the artifact store, e.g. s3://alignloop/store (components.artifacts)
+    AWS_ENDPOINT_URL             S3-compatible endpoint for all of them (boto3, dvc-s3, MLflow read it)
 """
 
 from __future__ import annotations
@@ -47,11 +54,12 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
-        return (self.root / "mlartifacts").as_uri()
+    def artifact_root(self) -> str | None:
+        """None with a tracking server: the server's --artifacts-destination decides (e.g. S3)."""
+        return None if os.environ.get("MLFLOW_TRACKING_URI") else (self.root / "mlartifacts").as_uri()
 
     @property
     def data_repo(self) -> Path:
@@ -60,6 +68,14 @@ class Workspace:
     @property
     def dvc_remote(self) -> Path:
         return self.root / "dvc-remote"
+
+    @property
+    def dvc_remote_url(self) -> str:
+        return os.environ.get("ALIGNLOOP_DVC_REMOTE") or str(self.dvc_remote)
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
     @property
     def results(self) -> Path:
@@ -84,15 +100,17 @@ class Workspace:
         return [json.loads(p.read_text()) for p in sorted(d.glob("iter-*.json"))] if d.exists() else []
 
     def next_iteration(self) -> int:
-        """The unfinished iteration to resume, else one past the last finished one."""
+        """The unfinished (crashed) iteration to resume, else one past the last one. A `failed` iteration (a
+        stage raised after its retries) is history, not work: the next run starts a fresh iteration."""
         docs = self.ledgers()
-        unfinished = [d["iteration"] for d in docs if d.get("status") != "finished"]
+        unfinished = [d["iteration"] for d in docs if d.get("status") not in ("finished", "failed")]
         if unfinished:
             return min(unfinished)
         return max((d["iteration"] for d in docs), default=-1) + 1
 
     def lock(self):
-        """Exclusive lock: one loop process per workspace at a time (a second one fails fast)."""
+        """Exclusive lock: one loop process per workspace at a time (a second one fails fast). Holding it proves
+        no writer is active, so a crashed writer's leftovers in the store's staging area are removed here."""
         self.root.mkdir(parents=True, exist_ok=True)
         fh = open(self.root / ".lock", "w")
         try:
@@ -100,4 +118,8 @@ class Workspace:
         except BlockingIOError:
             fh.close()
             raise RuntimeError(f"{self.root} is in use by another alignloop process") from None
+        import shutil
+
+        for leftover in (self.store / ".staging").glob("*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         return fh

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual online RLHF as a gated pipeline.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # logs/pipes: don't squash the table to 80
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="ALIGNLOOP_WORKSPACE",
                             help="Where everything a run writes goes (default ./workspace).")
@@ -28,6 +29,8 @@ def quiet_env(workspace: Path) -> None:
         "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING",
+        # the rich progress display replaces library progress bars and load reports
+        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         # torch's default of one thread per core was ~10x slower for tiny models on 2-core VMs
         "OMP_NUM_THREADS": "1",
     }
@@ -42,10 +45,16 @@ def _workspace(path: Path | None) -> Path:
 
 
 def iteration_table(ledgers: list[dict]) -> Table:
-    table = Table(title="alignloop iterations")
-    for col in ("iter", "champion gold", "champion proxy", "KL to ref", "mean len", "win rate (proxy)",
-                "win rate (held-out)", "gate", "seconds"):
+    table = Table(title="alignloop iterations (champion after the gate; win rates: candidate vs champion, 95% CI)")
+    for col in ("iter", "gold", "proxy", "KL to ref", "mean len", "win rate proxy", "win rate held-out", "gate",
+                "seconds"):
         table.add_column(col, justify="right")
+    first = next((d for d in ledgers if d.get("status") == "finished"), None)
+    if first:  # the policy the loop started from, as evaluated in the first iteration
+        start = first["report"]["champion"]
+        gold = "-" if start["gold_reward"] is None else f"{start['gold_reward']:+.3f}"
+        table.add_row("start", gold, f"{start['proxy_reward']:+.3f}", f"{start['kl']:.2f}",
+                      f"{start['mean_tokens']:.1f}", "-", "-", "-", "-")
     for d in ledgers:
         if d.get("status") != "finished":
             table.add_row(str(d["iteration"]), *["-"] * 6, d.get("status", "?"), "-")
@@ -55,7 +64,7 @@ def iteration_table(ledgers: list[dict]) -> Table:
 
         def wr(key):
             w = rep.get(key)
-            return f"{w['value']:.2f} [{w['ci_low']:.2f},{w['ci_high']:.2f}]" if w else "-"
+            return f"{w['value']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" if w else "-"
 
         gold = "-" if champ["gold_reward"] is None else f"{champ['gold_reward']:+.3f}"
         table.add_row(str(d["iteration"]), gold, f"{champ['proxy_reward']:+.3f}", f"{champ['kl']:.2f}",
@@ -75,13 +84,16 @@ def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config
     from components.config import ConfigError, load_config
 
     ws = _workspace(workspace)
+    quiet_env(ws)  # environment only, before prefect/transformers are imported
+    if verbose:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+        os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
+    else:
+        warnings.filterwarnings("ignore", category=FutureWarning)
     try:  # bad input stops here, before the workspace is touched
         cfg = load_config(config, set_)
         from flows.iteration import validate_inputs
 
-        quiet_env(ws)
-        if verbose:
-            os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
         validate_inputs(cfg, " + ".join(map(str, config)))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/] {err}")
@@ -133,6 +145,14 @@ def status(workspace: Path = WorkspaceOpt):
             reasons = d["decision"]["reasons"]
             console.print(f"iter {d['iteration']}: {'promote' if d['decision']['promote'] else 'reject'}"
                           + (f" — {'; '.join(reasons)}" if reasons else ""))
+
+
+from flows import cmd_registry  # noqa: E402
+
+cmd_registry.register(app)
+from flows import cmd_labels  # noqa: E402
+
+cmd_labels.register(app)
 
 
 def main() -> None:  # pragma: no cover

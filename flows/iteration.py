@@ -79,6 +79,14 @@ def _source_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
+def _restore_champion(tracker: Tracker, ledger: dict) -> None:
+    """A failed iteration must not change the champion: undo a promotion made before a later stage failed."""
+    start = ledger.get("start")
+    champ = tracker.alias(POLICY, "champion")
+    if start and champ is not None and str(champ.version) != str(start["champion_version"]):
+        tracker.set_alias(POLICY, "champion", start["champion_version"])
+
+
 def _stage(name: str, task, **kwargs):
     for f in _listeners:
         f(name, "start", 0.0)
@@ -116,11 +124,19 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
             champ = tracker.alias(POLICY, "champion")
             sha = champ.tags[TAG_SHA]
             champ_ref = init_ref if sha == init_ref.sha256 else store.ref("policy", sha)
-            prev = ws.read_ledger(i - 1)
+            # the last finished iteration's reward model (a failed iteration produced none)
+            prev = next((d for d in reversed(ws.ledgers()) if d["iteration"] < i and d.get("status") == "finished"),
+                        None)
             ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(),
                                "initial_source": _source_path(init_uri), "champion": champ_ref.model_dump(),
                                "champion_source": _source_path(champ.source), "champion_version": champ.version,
                                "reward_model": prev["outputs"]["reward_model"] if prev else None}
+            # human labels imported since (alignloop labels import) join this iteration's preferences, once
+            from components.human_queue import pending_imports
+
+            consumed = {h["sha256"] for d in ws.ledgers() if d["iteration"] != i and d.get("status") != "failed"
+                        for h in d.get("start", {}).get("human_labels", [])}
+            ledger["start"]["human_labels"] = [r.model_dump() for r in pending_imports(ws, consumed)]
             ws.write_ledger(i, ledger)
         s = ledger["start"]
         pool, champion = ArtifactRef(**s["pool"]), ArtifactRef(**s["champion"])
@@ -135,13 +151,16 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         rollouts, timings["generate"] = _stage("generate", t.generate_task, ctx=ctx, cfg=cfg.generate,
                                                prompts=prompts, policy=champion, policy_source=s["champion_source"])
         prefs, timings["label"] = _stage("label", t.label_task, ctx=ctx, cfg=cfg.label, rollouts=rollouts,
-                                         reward_model=rm_prev, gold=cfg.gold)
+                                         reward_model=rm_prev, gold=cfg.gold,
+                                         human=[ArtifactRef(**h) for h in s.get("human_labels", [])])
         rm, timings["train_reward"] = _stage("train_reward", t.train_reward_task, ctx=ctx, cfg=cfg.train_reward,
                                              preferences=history + [prefs],
-                                             init=cfg.train_reward.init or s["initial_source"])
+                                             init=cfg.train_reward.init or s["initial_source"],
+                                             launch=cfg.train_launch, previous=rm_prev)
         candidate, timings["train_policy"] = _stage(
             "train_policy", t.train_policy_task, ctx=ctx, cfg=cfg.train_policy, preferences=prefs, policy=champion,
-            policy_source=s["champion_source"], reference_source=reference)
+            policy_source=s["champion_source"], reference_source=reference, launch=cfg.train_launch,
+            prompts=prompts, pool=pool, reward_model=rm, label_cfg=cfg.label)
         report, timings["evaluate"] = _stage(
             "evaluate", t.evaluate_task, ctx=ctx, cfg=cfg.evaluate, gen=cfg.generate, label_cfg=cfg.label, pool=pool,
             candidate=candidate, champion=champion, champion_source=s["champion_source"],
@@ -151,6 +170,9 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
                    "candidate": candidate, "eval_report": report}
         data_rev, timings["version"] = _stage("version", t.version_task, ctx=ctx, outputs=outputs)
     except BaseException as err:
+        if isinstance(err, Exception):  # retries spent: a permanent failure, not a crash (a crash resumes)
+            _restore_champion(tracker, ledger)
+            ws.write_ledger(i, {**ledger, "status": "failed", "error": repr(err)[-4000:]})
         tracker.end_run(parent, "FAILED" if isinstance(err, Exception) else "KILLED", error=repr(err))
         raise
     ledger.update(status="finished", outputs={k: v.model_dump() for k, v in outputs.items()}, decision=decision,
@@ -159,6 +181,9 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
     for k, v in timings.items():
         tracker.client.log_metric(parent, f"timing/{k}_s", v)
     tracker.client.set_tag(parent, "alignloop.gate", "promote" if decision["promote"] else "reject")
+    from components.report import write_report  # matplotlib: only once the iteration is done
+
+    tracker.client.log_artifact(parent, str(write_report(ws, i, cfg.name)), "report")
     tracker.end_run(parent)
     return ledger
 

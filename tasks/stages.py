@@ -15,12 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from components import config as C
+from components import gating
 from components.artifacts import ArtifactRef, ArtifactStore
-from components.lineage import POLICY, REWARD_MODEL, Tracker
-from components.stages import evaluate, generate, label, sample_prompts, train_policy, train_reward
+from components.backends.launch import run_stage
+from components.lineage import POLICY, REWARD_MODEL, Tracker, fault_point
+from components.stages import evaluate, generate, label, sample_prompts
 from components.workspace import Workspace
 
 
@@ -55,6 +58,8 @@ class RunContext(BaseModel):
                                       tags={"config_hash": self.config_hash, "git_sha": self.git_sha},
                                       params=params) as run:
             yield run
+            # Crash tests die here: outputs published and registered, run not yet FINISHED nor cached.
+            fault_point(f"stage:{name}:end")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -129,53 +134,97 @@ def generate_task(ctx: RunContext, cfg: C.GenerateConfig, prompts: ArtifactRef, 
 
 @stage_task
 def label_task(ctx: RunContext, cfg: C.LabelConfig, rollouts: ArtifactRef, reward_model: ArtifactRef | None,
-               gold: str | None) -> ArtifactRef:
-    store = ctx.store()
-    inputs = {"rollouts": rollouts, **({"reward_model": reward_model} if reward_model else {})}
+               gold: str | None, human: list[ArtifactRef] | None = None) -> ArtifactRef:
+    """`human`: imported human-label tables (alignloop labels import) this iteration adds. The judge's cache
+    lives in <workspace>/judge_cache, its transcript becomes a `judge_transcript` artifact, uncertain pairs
+    go to <workspace>/human_queue/iter-NNNN.jsonl when label.uncertain = human_queue."""
+    import json
+
+    import pyarrow as pa
+
+    from components.human_queue import write_queue
+    from components.judge import make_runner
+
+    store, human = ctx.store(), human or []
+    inputs = {"rollouts": rollouts, **({"reward_model": reward_model} if reward_model else {}),
+              **{f"human.{i}": h for i, h in enumerate(human)}}
     with ctx.stage("label", cfg, inputs) as run:
-        prefs, scores, metrics = label.run(cfg, store.read_table(rollouts), reward_models=_members(store, reward_model),
-                                           gold=_gold(gold), iteration=ctx.iteration, seed=ctx.seed)
-        parents = [rollouts] + ([reward_model] if reward_model else [])
-        scores_ref = store.put_table("scores", scores, parents=parents)
-        ref = store.put_table("preferences", prefs, parents=parents, meta={"scores": scores_ref.sha256})
-        run.outputs({"preferences": ref, "scores": scores_ref})
-        run.log_metrics(metrics)
+        judge = make_runner(cfg.judge, gold=_gold(gold), seed=ctx.seed, cache_dir=ctx.ws.root / "judge_cache")
+        out = label.run(cfg, store.read_table(rollouts), reward_models=_members(store, reward_model),
+                        gold=_gold(gold), iteration=ctx.iteration, seed=ctx.seed, judge=judge,
+                        human=pa.concat_tables([store.read_table(h) for h in human]) if human else None)
+        parents = [rollouts] + ([reward_model] if reward_model else []) + human
+        scores_ref = store.put_table("scores", out.scores, parents=parents)
+        meta = {"scores": scores_ref.sha256, "iteration": ctx.iteration}
+        refs = {"scores": scores_ref}
+        if out.transcript:
+            with store.staging_dir() as d:
+                (d / "t").mkdir()
+                (d / "t" / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n"
+                                                             for c in out.transcript))
+                refs["judge_transcript"] = store.put_dir("judge_transcript", d / "t", parents=[rollouts])
+            run.log_artifact(store.path(refs["judge_transcript"]) / "calls.jsonl", "judge_transcript")
+            meta["judge_transcript"] = refs["judge_transcript"].sha256
+        if out.human_queue:
+            run.log_artifact(write_queue(ctx.ws, ctx.iteration, out.human_queue), "human_queue")
+        ref = store.put_table("preferences", out.preferences, parents=parents, meta=meta)
+        run.outputs({"preferences": ref, **refs})
+        run.log_metrics({f"label/{k}": v for k, v in out.metrics.items()})
     return ref
 
 
 @stage_task
-def train_reward_task(ctx: RunContext, cfg: C.RewardConfig, preferences: list[ArtifactRef], init: str
+def train_reward_task(ctx: RunContext, cfg: C.RewardConfig, preferences: list[ArtifactRef], init: str,
+                      launch: C.LaunchConfig = C.LaunchConfig(), previous: ArtifactRef | None = None
                       ) -> ArtifactRef:
-    import pyarrow as pa
-
+    """Retrain (warm-started from `previous`, the ensemble in use); returns the ensemble to use from now on: the
+    new one, registered and aliased `champion`, or `previous` if held-out accuracy regressed (not registered)."""
     store = ctx.store()
-    with ctx.stage("train_reward", cfg, {f"preferences.{p.meta.get('iteration', i)}": p
-                                         for i, p in enumerate(preferences)}) as run:
-        table = pa.concat_tables([store.read_table(p) for p in preferences])
+    inputs = {f"preferences.{p.meta.get('iteration', i)}": p for i, p in enumerate(preferences)}
+    with ctx.stage("train_reward", cfg, {**inputs, **({"previous": previous} if previous else {})}) as run:
         with store.staging_dir() as d:
-            metrics = train_reward.run(cfg, table, init_path=init, out_dir=d / "ensemble", seed=ctx.seed)
+            metrics = run_stage("train_reward", cfg, launch, store, preferences, init_path=init,
+                                out_dir=d / "ensemble", seed=ctx.seed, previous=_members(store, previous))
             ref = store.put_dir("reward_model", d / "ensemble", parents=preferences,
                                 meta={"members": cfg.members, "iteration": ctx.iteration})
-        run.outputs({"reward_model": ref})
         run.log_metrics(metrics)
+        if previous is not None and not metrics["accepted"]:
+            ctx.tracker().client.set_tag(run.run_id, "alignloop.rm_decision", "kept previous: held-out accuracy "
+                                         f"regressed by {metrics['trusted_accuracy_regression']:.3f}")
+            run.outputs({"reward_model": previous})
+            return previous
+        run.outputs({"reward_model": ref})
+        ctx.tracker().client.set_tag(run.run_id, "alignloop.rm_decision", "registered")
         version = ctx.tracker().register(REWARD_MODEL, ref, store.path(ref).as_uri(), run.run_id,
                                          {"alignloop.iteration": str(ctx.iteration)})
-        # The ensemble in use is the freshest one (a non-regression rule belongs to the RM-retraining issue).
         ctx.tracker().set_alias(REWARD_MODEL, "champion", version)
     return ref
 
 
 @stage_task
 def train_policy_task(ctx: RunContext, cfg: C.PolicyConfig, preferences: ArtifactRef, policy: ArtifactRef,
-                      policy_source: str, reference_source: str) -> ArtifactRef:
+                      policy_source: str, reference_source: str, launch: C.LaunchConfig = C.LaunchConfig(),
+                      prompts: ArtifactRef | None = None, pool: ArtifactRef | None = None,
+                      reward_model: ArtifactRef | None = None, label_cfg: C.LabelConfig = C.LabelConfig()
+                      ) -> ArtifactRef:
+    """`prompts` feed online RL; `pool`'s eval split feeds the post-update KL/entropy probe; `reward_model` (with
+    label_cfg's aggregation) is the RL reward and the probe's proxy."""
     store = ctx.store()
     with ctx.stage("train_policy", cfg, {"preferences": preferences, "policy": policy}) as run:
         with store.staging_dir() as d:
-            metrics = train_policy.run(cfg, store.read_table(preferences), policy_path=policy_source,
-                                       ref_path=reference_source, out_dir=d / "policy", seed=ctx.seed + ctx.iteration)
+            heldout = (evaluate.heldout_prompts(store.read_table(pool), cfg.probe_prompts, ctx.seed)["prompt"]
+                       .to_pylist() if pool else [])
+            metrics = run_stage("train_policy", cfg, launch, store, [preferences], policy_path=policy_source,
+                                ref_path=reference_source, out_dir=d / "policy", seed=ctx.seed + ctx.iteration,
+                                prompts=store.read_table(prompts)["prompt"].to_pylist() if prompts else [],
+                                heldout_prompts=heldout, reward_models=_members(store, reward_model),
+                                aggregation=label_cfg.aggregation, uw_lambda=label_cfg.uw_lambda)
             ref = store.put_dir("policy", d / "policy", parents=[preferences, policy],
                                 meta={"iteration": ctx.iteration})
         run.outputs({"candidate": ref})
+        for window in metrics.pop("history", []):  # the trainer's trajectories (loss, logps, reward, kl, ...)
+            run.log_metrics({f"train_policy/trajectory/{k}": v for k, v in window.items() if k != "step"},
+                            step=window["step"])
         run.log_metrics(metrics)
     return ref
 
@@ -197,10 +246,7 @@ def evaluate_task(ctx: RunContext, cfg: C.EvalConfig, gen: C.GenerateConfig, lab
         samples_ref = store.put_table("eval_samples", samples, parents=parents)
         ref = store.put_json("eval_report", {**report, "samples": samples_ref.sha256}, parents=parents)
         run.outputs({"eval_report": ref, "eval_samples": samples_ref})
-        flat = {f"{side}/{k}": v for side in ("candidate", "champion") for k, v in report[side].items()
-                if v is not None}
-        flat.update({f"{w}/{k}": v for w in ("proxy_win_rate", "heldout_win_rate") if w in report
-                     for k, v in report[w].items()})
+        flat = {k.replace(".", "/"): v for k, v in evaluate.flat_metrics(report).items()}
         run.log_metrics({**flat, "gate/promote": float(report["gate"]["promote"])})
     return ref
 
@@ -220,6 +266,11 @@ def gate_task(ctx: RunContext, report: ArtifactRef, candidate: ArtifactRef) -> d
             tracker.promote(POLICY, version)
         run.log_metrics({"promote": float(decision["promote"])})
         tracker.client.set_tag(run.run_id, "alignloop.gate_reasons", "; ".join(decision["reasons"]) or "all passed")
+        # The decision where people look: the iteration's MLflow run and the Prefect UI.
+        table = gating.markdown(decision, f"{ctx.loop} iteration {ctx.iteration}: gate for policy v{version}")
+        tracker.log_gate(ctx.parent_run_id, decision, table)
+        create_markdown_artifact(markdown=table, key=f"gate-{ctx.loop}-iter-{ctx.iteration}".lower().replace(
+            "_", "-").replace(".", "-"), description=f"gate decision, policy v{version}")
     return {"version": version, **decision}
 
 
@@ -231,7 +282,8 @@ def version_task(ctx: RunContext, outputs: dict[str, ArtifactRef]) -> str:
     store, ws = ctx.store(), ctx.ws
     data = {"prompts", "rollouts", "preferences", "eval_report"}
     files = {f"{k}{store.path(ref).suffix}": store.path(ref) for k, ref in outputs.items() if k in data}
-    repo = DataRepo(ws.data_repo, str(ws.dvc_remote))
+    remote = ws.dvc_remote_url
+    repo = DataRepo(ws.data_repo, remote, endpoint_url=ws.s3_endpoint if remote.startswith("s3://") else None)
     with ctx.stage("version", None, {k: v for k, v in outputs.items() if k in data}) as run:
         repo.init()
         rev = repo.track_iteration(ctx.iteration, files, message=f"{ctx.loop} iteration {ctx.iteration}")

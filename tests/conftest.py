@@ -44,3 +44,33 @@ def prefect_backend():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def flow_config(tmp_path: Path, boot: dict, **label) -> Path:
+    """A two-minute loop config on the tiny bootstrap (the flow and registry tests share its run)."""
+    import yaml
+
+    cfg = {
+        "name": "flowtest", "seed": 3, "policy_init": str(boot["policy"]), "prompt_pool": str(boot["prompts"]),
+        "sample": {"n_prompts": 24},
+        "generate": {"samples_per_prompt": 4, "max_new_tokens": 24},
+        "label": {"seed_gold_pairs": 96, "min_margin_over_std": 0.5, **label},
+        "train_reward": {"members": 3, "epochs": 2, "learning_rate": 1e-4},
+        "train_policy": {"batch_size": 8},
+        "evaluate": {"n_prompts": 8, "samples_per_prompt": 2, "bootstrap_resamples": 200},
+    }
+    path = tmp_path / "flow.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_iteration_loop(tmp_path_factory, tiny_bootstrap, prefect_backend):
+    """(config path, workspace, ledgers) of one real two-iteration run, shared by tests/flows/*. Tests that move
+    registry aliases must put them back."""
+    from flows.iteration import continual_flow
+
+    tmp = tmp_path_factory.mktemp("flow")
+    cfg, ws = flow_config(tmp, tiny_bootstrap), tmp / "ws"
+    ledgers = continual_flow(str(cfg), [], str(ws), 2)
+    return cfg, ws, ledgers

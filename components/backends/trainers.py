@@ -10,6 +10,10 @@ TRL 1.16 specifics handled here (see shared/STACK-NOTES.md): configs default to 
 reference model is passed explicitly, DPOTrainer patches `model.forward` in place (so the trained model is saved
 and must be reloaded from disk before any other use), and DPO's `rpo_alpha` is gone: the SFT term on chosen is
 the loss list `["sigmoid", "sft"]` weighted `[1, sft_coef]`.
+
+Optional LoRA (`cfg.lora.r > 0`, peft): TRL wraps the model; the adapter is merged into the weights before saving,
+so every checkpoint stays a plain `from_pretrained` directory. `cfg.trainer_args` reach the TRL config unchanged
+(accelerate/DeepSpeed/FSDP settings on real hardware).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from components.config import PolicyConfig, RewardConfig
+    from components.config import LoraSettings, PolicyConfig, RewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,25 @@ REWARD_CENTERING = 0.01  # TRL center_rewards_coefficient: keeps members' reward
 LOG_WINDOWS = 10  # the trainer logs averages over ~1/LOG_WINDOWS of the run; "last" metrics = the last window
 
 
-def _common_args(tmp_dir: str, *, lr: float, epochs: int, batch_size: int, seed: int, steps: int) -> dict:
+def trl_config(config_cls, section: str, trainer_args: dict, **kwargs):
+    """`config_cls(**kwargs, **trainer_args)`; a bad pass-through name is an error naming the config field."""
+    try:
+        return config_cls(**{**kwargs, **trainer_args})
+    except TypeError as err:
+        raise ValueError(f"{section}.trainer_args: {err}") from None
+
+
+def peft_config(lora: LoraSettings, task_type: str):
+    """A peft LoraConfig, or None when LoRA is off (r = 0)."""
+    if lora.r == 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type=task_type)
+
+
+def common_args(tmp_dir: str, *, lr: float, epochs: int, batch_size: int, seed: int, steps: int) -> dict:
     import torch
 
     return {
@@ -59,14 +81,20 @@ def _common_args(tmp_dir: str, *, lr: float, epochs: int, batch_size: int, seed:
     }
 
 
-def _quiet(trainer) -> None:
+def quiet(trainer) -> None:
     """disable_tqdm swaps the progress bar for a callback that prints every log dict; we return metrics instead."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
 
 
-def _last_logged(log_history: list[dict], keys: tuple[str, ...]) -> dict:
+def logged_history(log_history: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """The trainer's per-logging-window values of `keys` (the trajectories), each with its optimizer `step`."""
+    return [{"step": e["step"], **{k: float(e[k]) for k in keys if k in e}} for e in log_history
+            if any(k in e for k in keys)]
+
+
+def last_logged(log_history: list[dict], keys: tuple[str, ...]) -> dict:
     out = {}
     for key in keys:
         vals = [entry[key] for entry in log_history if key in entry]
@@ -74,13 +102,16 @@ def _last_logged(log_history: list[dict], keys: tuple[str, ...]) -> dict:
     return out
 
 
-def _save(model, tokenizer, out_dir: Path) -> None:
+def save(model, tokenizer, out_dir: Path) -> None:
+    """save_pretrained (safetensors) + tokenizer; a LoRA-wrapped model is merged first (plain checkpoint)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))  # safetensors
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
 
 
-def _steps(n: int, batch_size: int, epochs: int) -> int:
+def steps_for(n: int, batch_size: int, epochs: int) -> int:
     return max(1, math.ceil(n / batch_size)) * epochs
 
 
@@ -109,7 +140,7 @@ def train_reward_member(
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from components.backends.hf import encode_scored, reward_scores
+    from components.backends.hf import encode_scored, load_reward_model, reward_scores
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -133,11 +164,12 @@ def train_reward_member(
         raise ValueError(
             f"no training pair fits max_length={cfg.max_length} tokens ({len(rows)} pairs given)"
         )
-    steps = _steps(kept, cfg.batch_size, cfg.epochs)
+    steps = steps_for(kept, cfg.batch_size, cfg.epochs)
 
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=_parent(out_dir)) as tmp:
-        args = TRLRewardConfig(
-            **_common_args(
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=parent_dir(out_dir)) as tmp:
+        args = trl_config(
+            TRLRewardConfig, "train_reward", cfg.trainer_args,
+            **common_args(
                 tmp,
                 lr=cfg.learning_rate,
                 epochs=cfg.epochs,
@@ -149,13 +181,13 @@ def train_reward_member(
             center_rewards_coefficient=REWARD_CENTERING,
         )
         trainer = RewardTrainer(
-            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+            peft_config=peft_config(cfg.lora, "SEQ_CLS"),
         )
-        _quiet(trainer)
+        quiet(trainer)
         result = trainer.train()
-        model = trainer.model
-        model.eval()
-        _save(model, tokenizer, out_dir)
+        save(trainer.model, tokenizer, out_dir)
+    model, tokenizer = load_reward_model(str(out_dir))  # the merged checkpoint, exactly as later stages load it
 
     heldout_accuracy = heldout_margin = float("nan")
     if eval_pairs:
@@ -175,7 +207,7 @@ def train_reward_member(
     }
 
 
-def _parent(out_dir: Path) -> str:
+def parent_dir(out_dir: Path) -> str:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return str(out_dir.parent)
 
@@ -254,11 +286,12 @@ def train_dpo(
     data = Dataset.from_list(
         [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     )
-    steps = _steps(len(pairs), cfg.batch_size, cfg.epochs)
+    steps = steps_for(len(pairs), cfg.batch_size, cfg.epochs)
 
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=_parent(out_dir)) as tmp:
-        args = DPOConfig(
-            **_common_args(
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=parent_dir(out_dir)) as tmp:
+        args = trl_config(
+            DPOConfig, "train_policy", cfg.trainer_args,
+            **common_args(
                 tmp,
                 lr=cfg.learning_rate,
                 epochs=cfg.epochs,
@@ -271,16 +304,18 @@ def train_dpo(
             **_dpo_losses(cfg),
         )
         trainer = DPOTrainer(
-            model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=tokenizer
+            model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=tokenizer,
+            peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
         )
-        _quiet(trainer)
+        quiet(trainer)
         _check_dpo_tokens(trainer.train_dataset[0], tokenizer, pairs[0])
         result = trainer.train()
         # trainer.model.forward is patched (fused LM head): save, and let users reload from out_dir
-        _save(trainer.model, tokenizer, out_dir)
+        save(trainer.model, tokenizer, out_dir)
         n_train = len(trainer.train_dataset)
 
-    metrics = _last_logged(trainer.state.log_history, DPO_LOGGED)
+    metrics = last_logged(trainer.state.log_history, DPO_LOGGED)
+    metrics["history"] = logged_history(trainer.state.log_history, DPO_LOGGED)
     metrics.update(
         train_loss=float(result.training_loss),
         seconds=time.perf_counter() - t0,

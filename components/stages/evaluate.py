@@ -5,9 +5,11 @@
 Both policies sample `samples_per_prompt` completions for the same held-out prompts (eval split, the same
 prompts every iteration so numbers are comparable across iterations). Each completion gets the ensemble
 reward (proxy), the gold reward where an oracle exists, and log-probs under its policy and the reference.
-Reported per model: proxy/gold reward, KL to reference (nats/sequence), mean length; and paired win rates
-of candidate over champion with bootstrap CIs, by the proxy and by the held-out judge. `gating.decide`
-turns these into promote / reject with reasons.
+Reported per model: proxy/gold reward, KL to reference (nats/sequence), mean length, and the mean
+log-likelihood of a fixed regression set of reference completions. Paired, candidate over champion, with
+bootstrap CIs: win rates by the proxy and by the held-out judge, the same after removing the part of the
+reward that length explains (length-controlled), and the reward-hacking signal. `gating.decide` turns the
+flat metrics into promote / reject with reasons.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from components.metrics import kl_estimate, win_rate
 from components.stages.sample_prompts import stratified_order
 from components.uncertainty import Aggregation, aggregate
 
+SIDES = ("candidate", "champion")
+
 
 def heldout_prompts(pool: pa.Table, n: int, seed: int) -> pa.Table:
     """The fixed held-out set: first n of the eval split in a seeded stratified order."""
@@ -34,7 +38,46 @@ def heldout_prompts(pool: pa.Table, n: int, seed: int) -> pa.Table:
     return ev.take(pa.array(stratified_order(ev["source"].to_pylist(), np.random.default_rng(seed))[:n]))
 
 
-def _sample_and_score(path, prompts, gen: GenerateConfig, n, seed, ref, ensemble, gold, aggregation, uw_lambda):
+def regression_pairs(cfg: EvalConfig, prompts: pa.Table, seed: int) -> tuple[list[str], list[str]] | None:
+    """(prompts, reference completions) of the fixed regression set named by `cfg.regression_set`, or None."""
+    if cfg.regression_set == "none":
+        return None
+    if cfg.regression_set == "toy":
+        from components.toy.regression import gold_best_reviews
+
+        texts = prompts["prompt"].to_pylist()
+        return texts, gold_best_reviews(texts, cfg.regression_best_of, seed)
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(cfg.regression_set)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ValueError(f"evaluate.regression_set: {cfg.regression_set} is not a readable Parquet file ({err})"
+                         ) from None
+    missing = {"prompt", "completion"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"evaluate.regression_set: {cfg.regression_set} lacks column(s) {sorted(missing)}")
+    return table["prompt"].to_pylist(), table["completion"].to_pylist()
+
+
+def length_residual(reward: np.ndarray, num_tokens: np.ndarray) -> np.ndarray:
+    """reward − (a + b·length), least squares over both models' samples pooled: the reward that length does not
+    explain, so a longer-is-better proxy cannot win a comparison by verbosity alone (AlpacaEval's LC idea, with
+    one linear term)."""
+    x = np.stack([np.ones_like(num_tokens, dtype=float), np.asarray(num_tokens, float)], axis=1)
+    coef, *_ = np.linalg.lstsq(x, reward, rcond=None)  # min-norm solution when all lengths are equal
+    return reward - x @ coef
+
+
+def reward_hacking(proxy: dict[str, float], heldout: dict[str, float]) -> float:
+    """> 0 iff the proxy's win rate is significantly above ½ (CI low > ½) while the held-out win rate is at most
+    ½; its size is the smaller of the two margins. ≤ 0 otherwise (the held-out signal rose too, or the proxy
+    did not)."""
+    return min(proxy["ci_low"] - 0.5, 0.5 - heldout["value"])
+
+
+def _sample_and_score(path, prompts, gen: GenerateConfig, n, seed, ref, ensemble, gold, aggregation, uw_lambda,
+                      regression):
     from components.backends import hf
 
     model, tok = hf.load_causal_lm(path)
@@ -44,7 +87,7 @@ def _sample_and_score(path, prompts, gen: GenerateConfig, n, seed, ref, ensemble
     p = [texts[g.prompt_index] for g in gens]
     c = [g.completion for g in gens]
     ref_model, ref_tok = ref
-    return {
+    side = {
         "prompt_id": [prompts["prompt_id"][g.prompt_index].as_py() for g in gens], "prompt": p, "completion": c,
         "num_tokens": [g.num_tokens for g in gens],
         "proxy_reward": aggregate(ensemble.score(p, c), aggregation, uw_lambda),
@@ -52,6 +95,19 @@ def _sample_and_score(path, prompts, gen: GenerateConfig, n, seed, ref, ensemble
         "logp_policy": hf.sequence_logprobs(model, tok, p, c),
         "logp_ref": hf.sequence_logprobs(ref_model, ref_tok, p, c),
     }
+    reg = float(np.mean(hf.sequence_logprobs(model, tok, *regression))) if regression else None
+    return side, reg
+
+
+def flat_metrics(report: dict) -> dict[str, float]:
+    """What the gate reads: `candidate.<m>`, `champion.<m>`, `<win rate>.<value|ci_low|ci_high|n>`, `reward_hacking`."""
+    flat = {f"{side}.{k}": v for side in SIDES for k, v in report[side].items() if v is not None}
+    for key, w in report.items():
+        if key.endswith("win_rate"):
+            flat.update({f"{key}.{k}": v for k, v in w.items()})
+    if "reward_hacking" in report:
+        flat["reward_hacking"] = report["reward_hacking"]
+    return flat
 
 
 def run(cfg: EvalConfig, gen: GenerateConfig, prompts: pa.Table, *, candidate_path: str, champion_path: str,
@@ -59,25 +115,31 @@ def run(cfg: EvalConfig, gen: GenerateConfig, prompts: pa.Table, *, candidate_pa
         uw_lambda: float, seed: int) -> tuple[pa.Table, dict]:
     from components.backends import hf
 
+    regression = regression_pairs(cfg, prompts, seed)
     ref = hf.load_causal_lm(ref_path)
     ensemble = hf.RewardEnsemble(reward_models)
-    side = {name: _sample_and_score(path, prompts, gen, cfg.samples_per_prompt, seed, ref, ensemble, gold,
-                                    aggregation, uw_lambda)
-            for name, path in (("candidate", candidate_path), ("champion", champion_path))}
+    scored = {name: _sample_and_score(path, prompts, gen, cfg.samples_per_prompt, seed, ref, ensemble, gold,
+                                      aggregation, uw_lambda, regression)
+              for name, path in zip(SIDES, (candidate_path, champion_path))}
+    side = {name: s for name, (s, _) in scored.items()}
     cand, champ = side["candidate"], side["champion"]
-    summary = {name: {"proxy_reward": float(np.mean(s["proxy_reward"])),
-                      "gold_reward": float(np.mean(s["gold_reward"])) if gold else None,
-                      "kl": kl_estimate(s["logp_policy"], s["logp_ref"]),
-                      "mean_tokens": float(np.mean(s["num_tokens"]))} for name, s in side.items()}
+    report = {name: {"proxy_reward": float(np.mean(s["proxy_reward"])),
+                     "gold_reward": float(np.mean(s["gold_reward"])) if gold else None,
+                     "kl": kl_estimate(s["logp_policy"], s["logp_ref"]),
+                     "mean_tokens": float(np.mean(s["num_tokens"])),
+                     "regression_logp": scored[name][1]} for name, s in side.items()}
     groups = np.asarray(cand["prompt_id"])
     wr = dict(confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=seed)
-    report = {"candidate": summary["candidate"], "champion": summary["champion"],
-              "proxy_win_rate": win_rate(cand["proxy_reward"], champ["proxy_reward"], groups, **wr)}
-    metrics = {"proxy_win_rate_ci_low": report["proxy_win_rate"]["ci_low"], "kl_candidate": summary["candidate"]["kl"],
-               "length_ratio": summary["candidate"]["mean_tokens"] / max(summary["champion"]["mean_tokens"], 1e-9)}
+    n = len(cand["completion"])
+    lengths = np.concatenate([cand["num_tokens"], champ["num_tokens"]])
+    signals = {"proxy": "proxy_reward", **({"heldout": "gold_reward"} if gold else {})}
+    for signal, column in signals.items():
+        report[f"{signal}_win_rate"] = win_rate(cand[column], champ[column], groups, **wr)
+        lc = length_residual(np.concatenate([cand[column], champ[column]]), lengths)
+        report[f"lc_{signal}_win_rate"] = win_rate(lc[:n], lc[n:], groups, **wr)
     if gold:
-        report["heldout_win_rate"] = win_rate(cand["gold_reward"], champ["gold_reward"], groups, **wr)
-        metrics["heldout_win_rate_ci_low"] = report["heldout_win_rate"]["ci_low"]
+        report["reward_hacking"] = reward_hacking(report["proxy_win_rate"], report["heldout_win_rate"])
+    metrics = flat_metrics(report)
     report["gate"] = decide(metrics, cfg.gate).to_dict()
     samples = pa.concat_tables([pa.table({"model": [name] * len(s["completion"]), **s}) for name, s in side.items()])
     return samples, report

@@ -1,12 +1,24 @@
-"""Stage 4, train_reward: retrain the K-member Bradley-Terry reward-model ensemble on all preferences so far.
+"""Stage 4, train_reward: retrain the K-member Bradley-Terry reward-model ensemble, warm-started, on a replay buffer.
 
     alignloop run --config configs/tiny.yaml --set train_reward.members=5
 
-Pure over artifacts: (accumulated preferences, backbone path) -> an ensemble directory `member-0..K-1`
-(each a `save_pretrained` reward model) + metrics. Members differ by seed and, with `bootstrap`, by a
-bootstrap resample of the training pairs, which is what makes their disagreement a usable uncertainty.
-A fixed share of pairs (chosen by a hash of pair_id, so it is stable as data accumulates) is held out
-to measure pair accuracy: P[r(chosen) > r(rejected)].
+Pure over artifacts: (accumulated preferences, backbone path, previous ensemble) -> an ensemble directory
+`member-0..K-1` (each a `save_pretrained` reward model) + metrics + an accept/keep-previous decision.
+
+- Members differ by seed and, with `bootstrap`, by a bootstrap resample of their training pairs: their
+  disagreement is the uncertainty `label` filters on.
+- A fixed share of pairs (by a hash of pair_id, stable as data accumulates) is held out from every training.
+- Without a previous ensemble, members train from `init` on every non-held-out pair for `epochs`.
+- With one (and `warm_start`), member k starts from previous member k mod K' and trains `warm_epochs` on a replay
+  buffer: all newest-iteration pairs + up to `replay_cap` older pairs, of which a `replay_seed_share` is drawn from
+  the seed (gold/human-labelled) pairs and the rest with weight replay_recency**age. Cost per iteration is thus
+  bounded by the cap, not by the history, and real labels keep a positive share (self-training on the RM's own
+  labels otherwise amplifies its biases).
+- Reported per member: held-out pair accuracy, ECE of P_BT = σ(r_c − r_r), and (previous members) accuracy on the
+  newest iteration's pairs *before* training on them: how well the old RM tracks the moving policy.
+- Decision: the retrained ensemble is accepted unless its held-out accuracy (on trusted-label held-out pairs:
+  the previous ensemble labelled the others itself) is below the previous one's by more than
+  `max_heldout_regression` + `regression_z` paired standard errors; otherwise the caller keeps the previous one.
 """
 
 from __future__ import annotations
@@ -19,34 +31,115 @@ import pyarrow as pa
 
 from components.config import RewardConfig
 
+TRUSTED_SOURCES = ("gold", "human")  # labels not produced by our own reward models
+
 
 def is_heldout(pair_id: str, frac: float) -> bool:
     return int(hashlib.sha256(pair_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < frac
 
 
-def run(cfg: RewardConfig, preferences: pa.Table, *, init_path: str, out_dir: Path, seed: int) -> dict[str, float]:
+def replay_sample(iterations: np.ndarray, seed_mask: np.ndarray, cfg: RewardConfig, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """Indices of the replay buffer: every pair of the newest iteration, plus up to `replay_cap` older pairs,
+    `replay_seed_share` of them uniformly from seed pairs and the rest weighted replay_recency**age."""
+    iterations = np.asarray(iterations)
+    newest = iterations.max()
+    new = np.flatnonzero(iterations == newest)
+    old = np.flatnonzero(iterations < newest)
+    old_seed, old_rest = old[seed_mask[old]], old[~seed_mask[old]]
+    n_seed = min(len(old_seed), round(cfg.replay_cap * cfg.replay_seed_share))
+    seeds = rng.choice(old_seed, n_seed, replace=False) if n_seed else old_seed[:0]
+    pool = np.concatenate([old_rest, np.setdiff1d(old_seed, seeds)])
+    n_rest = min(len(pool), cfg.replay_cap - n_seed)
+    rest = pool[:0]
+    if n_rest:
+        w = cfg.replay_recency ** (newest - iterations[pool]).astype(float)
+        rest = rng.choice(pool, n_rest, replace=False, p=w / w.sum())
+    return np.sort(np.concatenate([new, seeds, rest]))
+
+
+def expected_calibration_error(margin: np.ndarray, bins: int) -> float:
+    """ECE of the Bradley-Terry probability p = σ(margin) that `chosen` wins: over equal-width bins of the
+    confidence max(p, 1 − p), Σ_b (n_b / n) · |accuracy_b − confidence_b|."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(margin, float)))
+    conf, correct = np.maximum(p, 1 - p), (p > 0.5).astype(float)
+    which = np.minimum(((conf - 0.5) * 2 * bins).astype(int), bins - 1)
+    return float(sum(abs(correct[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
+def _margins(paths: list[str], rows: list[dict]) -> np.ndarray:
+    """r_k(chosen) − r_k(rejected) per member, [K, n]."""
     from components.backends.hf import RewardEnsemble
+
+    prompts = [r["prompt"] for r in rows]
+    s = RewardEnsemble(paths).score(prompts * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+    return s[:, :len(rows)] - s[:, len(rows):]
+
+
+def _decide(cfg: RewardConfig, prev_ok: np.ndarray, new_ok: np.ndarray) -> tuple[bool, float]:
+    """Accept unless the paired drop in ensemble held-out accuracy exceeds the threshold significantly."""
+    d = prev_ok.astype(float) - new_ok.astype(float)
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    regression = float(d.mean())
+    return regression <= cfg.max_heldout_regression + cfg.regression_z * se, regression
+
+
+def run(cfg: RewardConfig, preferences: pa.Table, *, init_path: str, out_dir: Path, seed: int,
+        previous: list[str] | None = None) -> dict[str, float]:
+    """Metrics, with `accepted` = 1.0 if the caller should use the new ensemble, 0.0 to keep the previous one.
+    `previous`: member paths of the ensemble in use (None in the first iteration)."""
     from components.backends.trainers import train_reward_member
 
-    rows = preferences.select(["pair_id", "prompt", "chosen", "rejected"]).to_pylist()
-    heldout = [r for r in rows if is_heldout(r["pair_id"], cfg.heldout_frac)]
-    train = [r for r in rows if not is_heldout(r["pair_id"], cfg.heldout_frac)]
-    if not train:
+    rows = preferences.select(["pair_id", "prompt", "chosen", "rejected", "label_source", "iteration"]).to_pylist()
+    held = np.array([is_heldout(r["pair_id"], cfg.heldout_frac) for r in rows], dtype=bool)
+    heldout = [r for r, h in zip(rows, held) if h]
+    trusted = [r for r in heldout if r["label_source"] in TRUSTED_SOURCES] or heldout
+    train_all = [r for r, h in zip(rows, held) if not h]
+    if not train_all:
         raise ValueError("train_reward: no training pairs (all preferences were held out or none exist)")
-    metrics: dict[str, float] = {"train_pairs": len(train), "heldout_pairs": len(heldout)}
+    warm = bool(previous) and cfg.warm_start
+    newest = max(r["iteration"] for r in rows)
+    metrics: dict[str, float] = {"heldout_pairs": len(heldout), "heldout_trusted_pairs": len(trusted),
+                                 "warm_start": float(warm)}
+    if previous:  # the ensemble in use, before it sees this iteration's pairs
+        fresh = [r for r in train_all if r["iteration"] == newest]
+        if fresh:
+            m = _margins(previous, fresh)
+            metrics.update({f"previous_{k}/newest_accuracy": float((m[k] > 0).mean()) for k in range(len(m))})
+            metrics["previous/newest_accuracy_ensemble"] = float((m.mean(0) > 0).mean())
+    if warm:
+        rng = np.random.default_rng([seed, newest, 17])
+        idx = replay_sample(np.array([r["iteration"] for r in train_all]),
+                            np.array([r["label_source"] in TRUSTED_SOURCES for r in train_all]), cfg, rng)
+        train = [train_all[i] for i in idx]
+        member_cfg = cfg.model_copy(update={"epochs": cfg.warm_epochs})
+    else:
+        train, member_cfg = train_all, cfg
+    metrics.update(train_pairs=len(train), train_pairs_newest=sum(r["iteration"] == newest for r in train),
+                   train_pairs_seed=sum(r["label_source"] in TRUSTED_SOURCES for r in train))
     paths = []
     for k in range(cfg.members):
         rng = np.random.default_rng([seed, k])
         subset = [train[i] for i in rng.integers(0, len(train), len(train))] if cfg.bootstrap else train
-        member_dir = out_dir / f"member-{k}"
-        m = train_reward_member(init_path, subset, heldout, member_dir, cfg, seed=seed * 1000 + k)
-        metrics.update({f"member_{k}/{name}": v for name, v in m.items()})
-        paths.append(str(member_dir))
+        start = previous[k % len(previous)] if warm else init_path
+        m = train_reward_member(start, subset, [], out_dir / f"member-{k}", member_cfg, seed=seed * 1000 + k)
+        metrics.update({f"member_{k}/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
+        paths.append(str(out_dir / f"member-{k}"))
+    accepted = True
     if heldout:
-        members = RewardEnsemble(paths).score([r["prompt"] for r in heldout] * 2,
-                                              [r["chosen"] for r in heldout] + [r["rejected"] for r in heldout])
-        n = len(heldout)
-        margin = members[:, :n] - members[:, n:]
+        margin = _margins(paths, heldout)
+        for k in range(cfg.members):
+            metrics[f"member_{k}/heldout_accuracy"] = float((margin[k] > 0).mean())
+            metrics[f"member_{k}/heldout_ece"] = expected_calibration_error(margin[k], cfg.ece_bins)
         metrics["heldout_accuracy_mean_member"] = float((margin > 0).mean())
-        metrics["heldout_accuracy_ensemble"] = float((margin.mean(axis=0) > 0).mean())
+        metrics["heldout_accuracy_ensemble"] = float((margin.mean(0) > 0).mean())
+        metrics["heldout_ece_ensemble"] = expected_calibration_error(margin.mean(0), cfg.ece_bins)
+        if previous:
+            new_ok = _margins(paths, trusted).mean(0) > 0
+            prev_ok = _margins(previous, trusted).mean(0) > 0
+            accepted, regression = _decide(cfg, prev_ok, new_ok)
+            metrics.update(trusted_accuracy_previous=float(prev_ok.mean()), trusted_accuracy_new=float(new_ok.mean()),
+                           trusted_accuracy_regression=regression)
+    metrics["accepted"] = float(accepted)
     return metrics

@@ -1,39 +1,16 @@
 """The real loop end to end: two iterations through Prefect, checked with independent MLflow and DVC clients."""
 
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 pytestmark = pytest.mark.slow
 
 STAGES = {"sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate", "gate", "version"}
 
 
-def tiny_config(tmp_path: Path, boot: dict, **label) -> Path:
-    cfg = {
-        "name": "flowtest", "seed": 3, "policy_init": str(boot["policy"]), "prompt_pool": str(boot["prompts"]),
-        "sample": {"n_prompts": 24},
-        "generate": {"samples_per_prompt": 4, "max_new_tokens": 24},
-        "label": {"seed_gold_pairs": 96, "min_margin_over_std": 0.5, **label},
-        "train_reward": {"members": 3, "epochs": 2, "learning_rate": 1e-4},
-        "train_policy": {"batch_size": 8},
-        "evaluate": {"n_prompts": 8, "samples_per_prompt": 2, "bootstrap_resamples": 200},
-    }
-    path = tmp_path / "flow.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 @pytest.fixture(scope="module")
-def two_iterations(tmp_path_factory, tiny_bootstrap, prefect_backend):
-    from flows.iteration import continual_flow
-
-    tmp = tmp_path_factory.mktemp("flow")
-    cfg, ws = tiny_config(tmp, tiny_bootstrap), tmp / "ws"
-    ledgers = continual_flow(str(cfg), [], str(ws), 2)
-    return cfg, ws, ledgers
+def two_iterations(two_iteration_loop):
+    return two_iteration_loop
 
 
 def test_two_iterations_tracked_in_mlflow(two_iterations):

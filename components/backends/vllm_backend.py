@@ -1,0 +1,102 @@
+"""vLLM generation backend: vLLM's offline engine (`vllm.LLM`) over a `save_pretrained` checkpoint, for GPUs.
+
+A fresh engine is built from the checkpoint path it is given on every call and torn down afterwards, so an
+iteration always samples from the champion it names, never from weights an earlier iteration loaded. Building
+the engine costs seconds; sampling thousands of completions is where vLLM's continuous batching and paged KV
+cache pay for it. vllm and torch are imported inside the functions (extra `vllm`); `unavailable_reason()` tells
+the caller whether vLLM can run here at all.
+
+The output contract is `components.backends.hf.generate`'s: `Generation` records in prompt-major order, the same
+completion-text rule (decode(prompt + new) minus decode(prompt), starting with a space), `num_tokens` counting the
+eos, and the same sampling distribution: pure temperature/top-p, top_k off, no penalties, pad/bos/unk forbidden.
+Samples are not token-identical to hf's (a different RNG), but come from the same distribution, which is what
+`sequence_logprobs` and DPO assume.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+
+from components.backends.hf import Generation, _decode_completion
+
+FORBIDDEN_LOGIT_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]: -100 takes a token's probability to ~0
+
+
+def unavailable_reason() -> str | None:
+    """None when vLLM can run here, else why not (the caller falls back to hf and logs it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install 'alignloop[vllm]')"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def _prompt_seed(seed: int, prompt_index: int) -> int:
+    # one seeded request per prompt: the same call gives the same samples whatever vLLM's batching does
+    return int(np.random.SeedSequence([seed, prompt_index]).generate_state(1)[0])
+
+
+def generate(
+    policy_path: str,
+    prompts: list[str],
+    n: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    gpu_memory_utilization: float,
+) -> tuple[list[Generation], dict]:
+    """`n` sampled completions per prompt from the checkpoint at `policy_path`, loaded now.
+
+    Returns (generations, stats) like `hf.generate`; stats["seconds"] covers sampling only, and
+    stats["load_seconds"] the engine start (weights + CUDA graphs + KV cache).
+    """
+    import torch
+    from vllm import LLM, SamplingParams
+
+    t_load = time.perf_counter()
+    llm = LLM(model=policy_path, tokenizer=policy_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
+    try:
+        tokenizer = llm.get_tokenizer()
+        eos_id = tokenizer.eos_token_id
+        never = sorted(
+            {t for t in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id) if t is not None}
+            - {eos_id}
+        )
+        params = [
+            SamplingParams(
+                n=n, temperature=temperature, top_p=top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0,
+                presence_penalty=0.0, frequency_penalty=0.0, max_tokens=max_new_tokens, seed=_prompt_seed(seed, i),
+                stop_token_ids=[eos_id], logit_bias={t: FORBIDDEN_LOGIT_BIAS for t in never} or None,
+            )
+            for i in range(len(prompts))
+        ]
+        load_seconds = time.perf_counter() - t_load
+        t0 = time.perf_counter()
+        results = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        out: list[Generation] = []
+        for i, res in enumerate(results):
+            prompt_ids = list(res.prompt_token_ids)
+            for j, sample in enumerate(res.outputs):
+                ids = list(sample.token_ids)
+                kept = ids[:-1] if ids and ids[-1] == eos_id else ids
+                # finish_reason "stop" = ended on eos (no stop strings are set); count it as hf does
+                num = len(kept) + (1 if sample.finish_reason == "stop" else 0)
+                out.append(Generation(i, j, _decode_completion(tokenizer, prompt_ids, kept), num))
+    finally:
+        del llm  # shuts the engine down and frees its GPU memory before the next stage loads a model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    tokens = sum(g.num_tokens for g in out)
+    return out, {"tokens": tokens, "seconds": seconds, "load_seconds": load_seconds,
+                 "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}

@@ -1,0 +1,82 @@
+"""Routing by uncertainty: which pairs the reward-model ensemble labels, which go to the judge, which to humans.
+
+For pairs oriented by the ensemble's aggregate reward (chosen = higher aggregate), with per-pair margin m,
+ensemble std of the margin σ and member agreement α (share of members preferring chosen):
+
+    uncertain  ⇔  m ≤ k·σ  or  α < α_min                    (k = min_margin_over_std, α_min = min_agreement)
+
+Certain pairs are labelled by the ensemble (label_source = rm_ensemble). The judge's budget is offered pairs
+in priority order (`judge_order`): with select = uncertainty, only uncertain pairs, least certain first (lowest
+z = m/σ: where the ensemble is closest to a coin flip, a judge verdict adds the most); with select = random, a
+random sample of all pairs (the baseline). A consistent judge verdict becomes the label (label_source = judge,
+oriented by the judge, which may flip the ensemble). Uncertain pairs the judge did not settle (inconsistent,
+over budget, no judge) are dropped, or exported to the human review queue. A judge that is inconsistent on a
+pair the ensemble was sure of leaves the ensemble's label: an inconsistent verdict carries no information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.judge import Outcome
+from components.preferences import confident
+
+
+def uncertain(margin: np.ndarray, margin_std: np.ndarray, agreement: np.ndarray, min_margin_over_std: float,
+              min_agreement: float) -> np.ndarray:
+    """Boolean mask of pairs the ensemble is not sure of (see the module docstring)."""
+    return ~confident(margin, margin_std, min_margin_over_std) | (agreement < min_agreement)
+
+
+def judge_order(is_uncertain: np.ndarray, margin: np.ndarray, margin_std: np.ndarray, select: str,
+                rng: np.random.Generator) -> np.ndarray:
+    """Indices of the pairs offered to the judge, highest priority first."""
+    if select == "random":
+        return rng.permutation(len(margin))
+    if select != "uncertainty":
+        raise ValueError(f"unknown judge selection {select!r}")
+    idx = np.flatnonzero(is_uncertain)
+    z = margin[idx] / np.maximum(margin_std[idx], 1e-12)
+    return idx[np.argsort(z, kind="stable")]
+
+
+@dataclass
+class Routed:
+    source: np.ndarray  # [P] str: "rm_ensemble" | "judge" | "" (not labelled)
+    flip: np.ndarray  # [P] bool: the judge preferred the ensemble's `rejected`
+    to_human: np.ndarray  # [P] bool: exported to the human review queue
+    reason: np.ndarray  # [P] str: why a pair is unlabelled: "inconsistent" | "over_budget" | "not_judged" | ""
+
+
+def resolve(is_uncertain: np.ndarray, offered: np.ndarray, outcomes: list[Outcome], *, to_human_queue: bool
+            ) -> Routed:
+    """Combine the ensemble's certainty and the judge's outcomes (`outcomes[j]` for pair `offered[j]`, where "a"
+    is the ensemble's chosen side) into one label decision per pair."""
+    n = len(is_uncertain)
+    verdict = np.full(n, "not_judged", dtype=object)
+    verdict[np.asarray(offered, dtype=np.int64)] = outcomes
+    by_judge = (verdict == "a") | (verdict == "b")
+    source = np.where(by_judge, "judge", np.where(is_uncertain, "", "rm_ensemble")).astype(object)
+    unlabelled = source == ""
+    return Routed(source=source, flip=verdict == "b", to_human=unlabelled & to_human_queue,
+                  reason=np.where(unlabelled, verdict, "").astype(object))
+
+
+def routing_metrics(is_uncertain: np.ndarray, offered: np.ndarray, outcomes: list[Outcome], routed: Routed
+                    ) -> dict[str, float]:
+    """label/... metrics of one iteration's routing (counts of pairs; rates NaN when undefined)."""
+    out = np.asarray(outcomes, dtype=object)
+    settled = (out == "a") | (out == "b")
+    return {
+        "routed": int(is_uncertain.sum()),
+        "judge_pairs_offered": int((out != "over_budget").sum()),
+        "judge_settled": int(settled.sum()),
+        "judge_inconsistent": int((out == "inconsistent").sum()),
+        "judge_flipped": int((out == "b").sum()),
+        # among pairs the judge settled: share where it agrees with the ensemble's orientation
+        "rm_judge_agreement": float((out[settled] == "a").mean()) if settled.any() else float("nan"),
+        "human_queued": int(routed.to_human.sum()),
+        "dropped_uncertain": int(((routed.source == "") & ~routed.to_human).sum()),
+    }

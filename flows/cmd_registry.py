@@ -1,0 +1,246 @@
+"""Registry commands: promote through the gate, roll back, show a checkpoint's lineage, write an iteration report.
+
+    alignloop promote --version 4                  # re-run the eval gate for v4 against the champion
+    alignloop promote --version 4 --force --reason "hotfix"   # skip the gate; who and why go into v4's tags
+    alignloop rollback                             # champion -> previous
+    alignloop lineage policy@champion --json       # the chain back to the bootstrap policy
+    alignloop report 3                             # workspace/reports/iter-0003.html, logged to MLflow
+
+MLflow is the system of record (versions, aliases, runs and their tags); the artifact store and the
+workspace's DVC repository supply row counts and data revisions.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import typer
+
+from components.artifacts import ArtifactStore
+from components.lineage import POLICY, REWARD_MODEL, TAG_ITER, TAG_SHA, Tracker, _client
+from components.workspace import Workspace
+
+
+def _tracker(ws: Workspace) -> Tracker:
+    """The loop's tracker; the experiment name comes from the last iteration run (a workspace holds one loop)."""
+    client = _client(ws.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`alignloop.stage` = 'iteration'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if not runs:
+        raise LookupError(f"{ws.root}: no iteration has been tracked yet")
+    return Tracker(ws.tracking_uri, ws.artifact_root, client.get_experiment(runs[0].info.experiment_id).name)
+
+
+def iteration_run(tracker: Tracker, iteration: int):
+    run = tracker._find(f"tags.`{TAG_ITER}` = '{iteration}' and tags.`alignloop.stage` = 'iteration'"
+                        " and attributes.status = 'FINISHED'")
+    if run is None:
+        raise LookupError(f"iteration {iteration}: no finished iteration run in MLflow")
+    return run
+
+
+def resolve(tracker: Tracker, spec: str):
+    """`policy@champion`, `policy@3`, `@previous` or `3` -> ModelVersion."""
+    name, _, ref = spec.rpartition("@") if "@" in spec else (POLICY, "", spec)
+    name = name or POLICY
+    mv = tracker.client.get_model_version(name, ref) if ref.isdigit() else tracker.alias(name, ref)
+    if mv is None:
+        raise LookupError(f"{spec}: no such version or alias of {name!r}")
+    return mv
+
+
+def _stage_runs(tracker: Tracker, parent_id: str) -> dict:
+    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+                                      " and attributes.status = 'FINISHED'")
+    return {r.data.tags["alignloop.stage"]: r for r in runs}
+
+
+def _version_of(tracker: Tracker, name: str, sha: str | None) -> dict | None:
+    mv = tracker.version_by_sha(name, sha) if sha else None
+    return {"version": mv.version, "artifact_sha": sha} if mv else ({"version": None, "artifact_sha": sha}
+                                                                      if sha else None)
+
+
+def link(tracker: Tracker, store: ArtifactStore, ws: Workspace, mv) -> dict:
+    """One checkpoint's record: where it came from, on what data, judged how, and the gate's verdict."""
+    from components.config import LoopConfig
+
+    it = int(mv.tags.get(TAG_ITER, "-1"))
+    rec = {"model": mv.name, "version": mv.version, "iteration": it, "artifact_sha": mv.tags.get(TAG_SHA),
+           "source": mv.source, "tags": dict(mv.tags)}
+    if it < 0:
+        return {**rec, "origin": "bootstrap policy (loop's initial champion)", "parent": None}
+    parent_id = tracker.client.get_run(mv.run_id).data.tags["mlflow.parentRunId"]
+    parent = tracker.client.get_run(parent_id)
+    stages = _stage_runs(tracker, parent_id)
+    cfg = LoopConfig.model_validate_json(parent.data.params["config"])
+    tags = {s: r.data.tags for s, r in stages.items()}
+    prefs_sha = tags["train_policy"]["input.preferences"]
+    prefs = store.read_table(store.ref("preferences", prefs_sha))
+    rev = parent.data.tags.get("dvc.rev")
+    judge = cfg.label.judge if hasattr(cfg.label, "judge") else None
+    return {**rec,
+            "parent": _version_of(tracker, POLICY, tags["train_policy"]["input.policy"]),
+            "mlflow_run_id": parent_id, "config_hash": parent.data.tags.get("config_hash"),
+            "git_sha": parent.data.tags.get("git_sha"),
+            "preferences": {"artifact_sha": prefs_sha, "rows": prefs.num_rows,
+                            "rows_by_label_source": dict(Counter(prefs["label_source"].to_pylist())),
+                            "dvc": {"repo": str(ws.data_repo), "path": f"iterations/iter-{it:04d}/preferences.parquet",
+                                    "rev": rev, "tag": f"iter-{it}"}},
+            "reward_models": {"labeling": _version_of(tracker, REWARD_MODEL, tags["label"].get("input.reward_model")),
+                              "trained": _version_of(tracker, REWARD_MODEL,
+                                                     tags["train_reward"].get("output.reward_model")),
+                              "evaluation": _version_of(tracker, REWARD_MODEL,
+                                                        tags["evaluate"].get("input.reward_model"))},
+            "generation": cfg.generate.model_dump(mode="json"),
+            "judge": {"heldout": "toy gold oracle" if cfg.evaluate.gate.heldout_judge == "gold" else "none",
+                      "labeling": judge.model_dump(mode="json", include={"backend", "model", "rubric_version"})
+                      if judge is not None else None,
+                      "rubric": "components/toy/gold.py (hidden gold reward)" if cfg.gold == "toy" else None},
+            "gate": _gate(tracker, parent_id)}
+
+
+def _gate(tracker: Tracker, run_id: str) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return json.loads(Path(tracker.client.download_artifacts(run_id, "gate/decision.json", d)).read_text())
+
+
+def chain(ws: Workspace, spec: str) -> list[dict]:
+    """Records from the checkpoint `spec` back to the bootstrap policy, newest first."""
+    tracker, store = _tracker(ws), ArtifactStore(ws.store)
+    out, mv = [], resolve(tracker, spec)
+    while mv is not None:
+        out.append(link(tracker, store, ws, mv))
+        parent = out[-1]["parent"]
+        mv = tracker.client.get_model_version(POLICY, parent["version"]) if parent and parent["version"] else None
+    return out
+
+
+def regate(ws: Workspace, tracker: Tracker, version: str) -> dict:
+    """Evaluate `version` against the current champion with the stored machinery and config of the last iteration
+    (its prompt pool, reference policy and reward-model ensemble); returns the gate decision."""
+    from components.artifacts import ArtifactRef
+    from components.config import LoopConfig
+    from components.stages import evaluate
+    from tasks.stages import _gold, _members
+
+    last = [d for d in ws.ledgers() if d.get("status") == "finished"][-1]
+    store = ArtifactStore(ws.store)
+    cfg = LoopConfig.model_validate_json(iteration_run(tracker, last["iteration"]).data.params["config"])
+    champ = tracker.alias(POLICY, "champion")
+    prompts = evaluate.heldout_prompts(store.read_table(ArtifactRef(**last["start"]["pool"])),
+                                       cfg.evaluate.n_prompts, cfg.seed)
+    path = lambda mv: mv.source.removeprefix("file://")  # noqa: E731
+    _, report = evaluate.run(cfg.evaluate, cfg.generate, prompts,
+                             candidate_path=path(tracker.client.get_model_version(POLICY, version)),
+                             champion_path=path(champ), ref_path=last["start"]["initial_source"],
+                             reward_models=_members(store, ArtifactRef(**last["outputs"]["reward_model"])),
+                             gold=_gold(cfg.gold), aggregation=cfg.label.aggregation, uw_lambda=cfg.label.uw_lambda,
+                             seed=cfg.seed)
+    return report["gate"]
+
+
+def register(app: typer.Typer) -> None:
+    from flows.cli import WorkspaceOpt, _workspace, console, quiet_env
+
+    def open_ws(workspace) -> Workspace:
+        ws = Workspace.at(_workspace(workspace))
+        quiet_env(ws.root)
+        return ws
+
+    @app.command()
+    def promote(version: str = typer.Option(..., "--version", help="policy version to make champion"),
+                force: bool = typer.Option(False, "--force", help="promote without the gate (needs --reason)"),
+                reason: str = typer.Option("", "--reason", help="why (recorded in the version's tags)"),
+                workspace: Path = WorkspaceOpt):
+        """Re-run the eval gate for a policy version against the champion; promote it if it passes."""
+        from components import gating
+
+        if force and not reason:
+            console.print("[red]error:[/] --force needs --reason TEXT")
+            raise typer.Exit(2)
+        ws = open_ws(workspace)
+        tracker = _tracker(ws)
+        champ = tracker.alias(POLICY, "champion")
+        if champ is not None and champ.version == version:
+            console.print(f"policy v{version} is already champion")
+            raise typer.Exit(0)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if force:
+            for k, v in {"alignloop.forced_by": getpass.getuser(), "alignloop.force_reason": reason,
+                         "alignloop.forced_at": stamp}.items():
+                tracker.client.set_model_version_tag(POLICY, version, k, v)
+        else:
+            decision = regate(ws, tracker, version)
+            console.print(gating.markdown(decision, f"gate: policy v{version} vs champion v{champ.version}"))
+            tracker.client.set_model_version_tag(POLICY, version, "alignloop.regate",
+                                                 json.dumps({"at": stamp, "promote": decision["promote"],
+                                                             "reasons": decision["reasons"]})[:5000])
+            if not decision["promote"]:
+                console.print(f"[red]rejected[/]: policy v{version} stays where it is")
+                raise typer.Exit(1)
+        tracker.promote(POLICY, version)
+        console.print(f"[green]policy v{version} is champion[/] (previous: v{champ.version if champ else '-'})")
+
+    @app.command()
+    def rollback(reason: str = typer.Option("", "--reason", help="why (recorded on the demoted version)"),
+                 workspace: Path = WorkspaceOpt):
+        """Move `champion` back to `previous`."""
+        tracker = _tracker(open_ws(workspace))
+        try:
+            demoted, restored = tracker.rollback(POLICY, {"alignloop.rolled_back_by": getpass.getuser(),
+                                                          "alignloop.rollback_reason": reason or "-"})
+        except LookupError as err:
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
+        console.print(f"policy champion: v{demoted} -> v{restored}")
+
+    @app.command()
+    def lineage(spec: str = typer.Argument("policy@champion", help="policy@champion | policy@N | N"),
+                as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+                workspace: Path = WorkspaceOpt):
+        """The chain of a checkpoint back to the bootstrap policy."""
+        try:
+            records = chain(open_ws(workspace), spec)
+        except LookupError as err:
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
+        if as_json:
+            typer.echo(json.dumps(records, indent=1, default=str))
+            return
+        for r in records:
+            if r["iteration"] < 0:
+                console.print(f"[bold]policy v{r['version']}[/] — {r['origin']}: {r['source']}")
+                continue
+            p, rm, gate = r["preferences"], r["reward_models"], r["gate"]
+            console.print(f"[bold]policy v{r['version']}[/] iteration {r['iteration']} ← parent "
+                          f"v{r['parent']['version']}; gate {'promote' if gate['promote'] else 'reject'}"
+                          + (f" ({'; '.join(gate['reasons'])})" if gate["reasons"] else ""))
+            console.print(f"  preferences {p['artifact_sha'][:12]} rows {p['rows']} {p['rows_by_label_source']} "
+                          f"dvc {p['dvc']['path']}@{p['dvc']['tag']} ({str(p['dvc']['rev'])[:12]})")
+            console.print("  reward models: " + ", ".join(f"{k} v{v['version']}" for k, v in rm.items() if v))
+            console.print(f"  judge {r['judge']}; config {r['config_hash']} git {str(r['git_sha'])[:12]}")
+
+    @app.command()
+    def report(iteration: int = typer.Argument(..., help="iteration number"),
+               out: Path = typer.Option(None, "--out", help="HTML path (default workspace/reports/iter-NNNN.html)"),
+               workspace: Path = WorkspaceOpt):
+        """Write the iteration's HTML report and log it to the iteration's MLflow run."""
+        from components.report import write_report
+
+        ws = open_ws(workspace)
+        tracker = _tracker(ws)
+        try:
+            path = write_report(ws, iteration, tracker.client.get_experiment(tracker.experiment_id).name, out)
+            tracker.client.log_artifact(iteration_run(tracker, iteration).info.run_id, str(path), "report")
+        except (ValueError, LookupError) as err:
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
+        console.print(f"wrote {path}")

@@ -1,0 +1,50 @@
+"""Training stages under `accelerate launch` (a real subprocess, 1 CPU process): the command line carries the
+config's settings, and a DPO stage launched this way trains and saves a changed policy where it was asked to."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from components.artifacts import ArtifactStore
+from components.backends.launch import accelerate_command, run_stage
+from components.config import LaunchConfig, PolicyConfig
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_command_passes_settings_through(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text("{}")
+    cfg = LaunchConfig(mode="accelerate", num_processes=2, mixed_precision="bf16", deepspeed_config=str(ds),
+                       extra_args=("--main_process_port", "29555"))
+    cmd = accelerate_command(cfg, tmp_path / "job.json")
+    line = " ".join(cmd)
+    assert "--num_processes 2" in line and "--mixed_precision bf16" in line
+    assert f"--use_deepspeed --deepspeed_config_file {ds.resolve()}" in line and "--main_process_port 29555" in line
+    assert cmd[-3:] == ["-m", "components.backends.launch", str(tmp_path / "job.json")]
+    with pytest.raises(FileNotFoundError, match="train_launch.deepspeed_config"):
+        accelerate_command(cfg.model_copy(update={"deepspeed_config": str(tmp_path / "missing.json")}), tmp_path)
+
+
+def test_dpo_stage_runs_under_accelerate_launch(tiny_policy, tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    n = 16
+    prefs = pa.table({
+        "pair_id": [f"pair{i}" for i in range(n)], "prompt": ["review pizza crust :"] * n,
+        "chosen": [" the crust was great ."] * n, "rejected": [" the crust was bad bad bad ."] * n,
+        "margin": [1.0] * n, "uncertainty": [0.0] * n, "agreement": [1.0] * n, "label_source": ["gold"] * n,
+        "iteration": [0] * n})
+    ref = store.put_table("preferences", prefs)
+    out = tmp_path / "candidate"
+    launch = LaunchConfig(mode="accelerate", num_processes=1)
+    metrics = run_stage("train_policy", PolicyConfig(batch_size=8, learning_rate=1e-3), launch, store, [ref],
+                        policy_path=tiny_policy, ref_path=tiny_policy, out_dir=out, seed=0, prompts=[],
+                        heldout_prompts=[], reward_models=None)
+    assert metrics["pairs"] == n  # metrics came back from the subprocess's rank 0
+    assert (out / "model.safetensors").exists() and _sha(out) != _sha(tiny_policy)

@@ -1,0 +1,115 @@
+"""The gate on hand-built evaluation metrics: the standard checks, a configured specification, reward hacking,
+length control and the regression check."""
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from components.config import GateCheck, GateConfig, load_config
+from components.gating import decide, markdown
+from components.metrics import win_rate
+from components.stages.evaluate import length_residual, reward_hacking
+
+
+def _wr(value, lo, hi):
+    return {"value": value, "ci_low": lo, "ci_high": hi, "n": 64}
+
+
+def _metrics(proxy=(0.7, 0.6, 0.8), heldout=(0.7, 0.6, 0.8), **kw):
+    m = {"candidate.kl": 1.0, "champion.kl": 0.5, "candidate.mean_tokens": 10.0, "champion.mean_tokens": 10.0,
+         "candidate.regression_logp": -20.0, "champion.regression_logp": -19.0}
+    for name, w in (("proxy_win_rate", proxy), ("heldout_win_rate", heldout), ("lc_heldout_win_rate", heldout),
+                    ("lc_proxy_win_rate", proxy)):
+        m.update({f"{name}.{k}": v for k, v in _wr(*w).items()})
+    m["reward_hacking"] = reward_hacking(_wr(*proxy), _wr(*heldout))
+    return {**m, **kw}
+
+
+def _failed(decision):
+    return [c.name for c in decision.checks if not c.passed]
+
+
+def test_standard_checks_promote_only_when_all_blocking_checks_pass():
+    gate = GateConfig(max_kl=5.0)
+    d = decide(_metrics(), gate)
+    assert d.promote and not d.reasons
+    assert [c.name for c in d.checks] == ["proxy_win_rate", "kl_budget", "length_ratio", "heldout_win_rate",
+                                          "reward_hacking", "length_controlled_win_rate", "regression"]
+    d = decide(_metrics(**{"candidate.kl": 7.0}), gate)
+    assert not d.promote and d.reasons == ["kl_budget: kl = 7 (needs <= 5)"]
+    assert _failed(decide(_metrics(**{"candidate.mean_tokens": 20.0}), gate)) == ["length_ratio"]
+    assert _failed(decide(_metrics(**{"candidate.mean_tokens": 5.0}), gate)) == ["length_ratio"]
+    # the old rule: a tie on the proxy (CI low exactly 0.5) does not pass "> 0.5"
+    assert _failed(decide(_metrics(proxy=(0.6, 0.5, 0.7)), gate)) == ["proxy_win_rate"]
+
+
+def test_reward_hacking_rejected_with_its_reason():
+    """The proxy says significantly better, the held-out judge says worse."""
+    d = decide(_metrics(proxy=(0.9, 0.85, 0.95), heldout=(0.3, 0.2, 0.4)), GateConfig())
+    assert not d.promote
+    hacking = next(c for c in d.checks if c.name == "reward_hacking")
+    assert not hacking.passed and hacking.value == pytest.approx(0.2)  # min(0.85 - 0.5, 0.5 - 0.3)
+    assert any(r.startswith("reward_hacking:") for r in d.reasons)
+    # both signals rising is not hacking, and a proxy that does not rise significantly is not either
+    assert reward_hacking(_wr(0.9, 0.85, 0.95), _wr(0.7, 0.6, 0.8)) < 0
+    assert reward_hacking(_wr(0.55, 0.45, 0.65), _wr(0.3, 0.2, 0.4)) < 0
+    # without a held-out judge neither check exists (and the proxy alone decides)
+    d = decide(_metrics(heldout=(0.3, 0.2, 0.4)), GateConfig(heldout_judge="none"))
+    assert d.promote and "reward_hacking" not in [c.name for c in d.checks]
+
+
+def test_length_controlled_win_rate_removes_a_length_only_advantage():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(32), 4)
+    quality = rng.normal(size=256)
+    lengths = np.concatenate([rng.integers(20, 30, 128), rng.integers(5, 15, 128)])  # candidate is longer
+    reward = quality + 0.5 * lengths  # a proxy that mostly pays for length
+    raw = win_rate(reward[:128], reward[128:], groups)
+    lc_reward = length_residual(reward, lengths)
+    lc = win_rate(lc_reward[:128], lc_reward[128:], groups)
+    assert raw["value"] > 0.95
+    assert lc["ci_low"] < 0.5 < lc["ci_high"]
+    # equal lengths: the residual is the reward minus its mean, so comparisons are unchanged
+    same = length_residual(np.array([1.0, 2.0, 3.0]), np.array([4, 4, 4]))
+    assert np.allclose(same, [-1.0, 0.0, 1.0])
+
+
+def test_regression_check_blocks_a_forgetful_candidate():
+    gate = GateConfig(max_regression_drop=2.0)
+    assert decide(_metrics(**{"candidate.regression_logp": -20.9}), gate).promote  # 1.9 nats below
+    d = decide(_metrics(**{"candidate.regression_logp": -25.0}), gate)
+    assert _failed(d) == ["regression"] and "difference vs champion" in d.checks[-1].metric
+    no_set = {k: v for k, v in _metrics().items() if "regression" not in k}
+    assert "regression" not in [c.name for c in decide(no_set, gate).checks]
+
+
+def test_configured_specification_replaces_the_standard_checks(tmp_path):
+    spec = tmp_path / "gate.yaml"
+    spec.write_text("""
+evaluate:
+  gate:
+    checks:
+      - {name: gold_gain, metric: gold_reward, vs_champion: difference, above: 0.1}
+      - {name: kl_drift, metric: kl, vs_champion: ratio, at_most: 1.5, blocking: false}
+""")
+    gate = load_config(spec).evaluate.gate
+    m = _metrics(**{"candidate.gold_reward": 1.0, "champion.gold_reward": 0.5})
+    d = decide(m, gate)
+    assert d.promote and [c.name for c in d.checks] == ["gold_gain", "kl_drift"]
+    assert d.warnings == ["kl_drift: kl (ratio vs champion) = 2 (needs <= 1.5)"]  # 1.0 / 0.5, advisory
+    assert not decide({**m, "candidate.gold_reward": 0.55}, gate).promote
+    with pytest.raises(KeyError, match=r"gold_gain.*no metric 'candidate\.gold_reward'"):
+        decide(_metrics(), gate)
+    with pytest.raises(ValidationError, match="no bound"):
+        GateCheck(name="x", metric="kl")
+    with pytest.raises(ValidationError, match="one lower bound"):
+        GateCheck(name="x", metric="kl", above=0, at_least=1)
+
+
+def test_nan_metric_never_passes_and_markdown_names_every_check():
+    d = decide(_metrics(**{"candidate.kl": math.nan}), GateConfig())
+    assert "kl_budget" in _failed(d)
+    md = markdown(d.to_dict(), "iteration 3")
+    assert "Decision: **REJECT**" in md and md.count("\n| ") == len(d.checks) + 1 and "kl_budget" in md

@@ -1,0 +1,206 @@
+"""Labeling on hand-built data: pair construction, routing, the judge runner (toy judge), the label stage's
+routing path, and the human review queue round trip."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from components import preferences as P
+from components import routing
+from components.backends.judge_toy import ToyJudge
+from components.config import LabelConfig
+from components.judge import Answer, JudgeRunner, TransportError, parse_verdict
+from components.stages import label
+from components.toy.gold import gold_reward
+
+PROMPT = "review pizza crust :"
+GOOD = " the crust was great ."  # gold prefers it clearly over the two below
+BAD = " the battery was bad bad bad"
+MID = " the crust was fine ."
+
+
+def test_all_pairs_and_margin_threshold():
+    groups = ["a"] * 3 + ["b"] * 2
+    reward = np.array([0.0, 1.0, 0.5, 2.0, 2.0])
+    c, r = P.all_pairs(groups, reward, 0.0)
+    assert sorted(zip(c.tolist(), r.tolist())) == [(1, 0), (1, 2), (2, 0)]  # the tie in b carries no preference
+    c, r = P.all_pairs(groups, reward, 0.6)
+    assert sorted(zip(c.tolist(), r.tolist())) == [(1, 0)]
+
+
+def test_rejection_sampling_pairs_follow_beta():
+    groups = ["g"] * 8
+    reward = np.arange(8.0)
+    rng = np.random.default_rng(0)
+    sharp = [P.rejection_sampling_pairs(groups, reward, 0.01, 1, rng) for _ in range(50)]
+    assert all(c.tolist() == [7] and r.tolist() == [6] for c, r in sharp)  # β → 0: best vs second best
+    flat = [P.rejection_sampling_pairs(groups, reward, 1e6, 1, rng) for _ in range(400)]
+    assert all(reward[c[0]] > reward[r[0]] for c, r in flat)
+    assert np.mean([reward[c[0]] for c, _ in flat]) < 6.0  # β → ∞: close to a uniform pair (E[max] = 4.67)
+    c, r = P.rejection_sampling_pairs(groups * 1, reward, 1.0, 3, rng)
+    assert len(c) == 3 and len(set(c.tolist()) | set(r.tolist())) == 6
+
+
+def test_routing_uncertain_order_and_resolve():
+    margin = np.array([2.0, 0.1, 0.5, 3.0])
+    std = np.array([0.5, 1.0, 1.0, 0.1])
+    agree = np.array([1.0, 0.6, 0.6, 0.5])
+    unsure = routing.uncertain(margin, std, agree, 1.0, 0.6)
+    assert unsure.tolist() == [False, True, True, True]  # pair 3 is confident by margin but members split
+    order = routing.judge_order(unsure, margin, std, "uncertainty", np.random.default_rng(0))
+    assert order.tolist() == [1, 2, 3]  # least certain (lowest margin/std) first
+    assert sorted(routing.judge_order(unsure, margin, std, "random", np.random.default_rng(0))) == [0, 1, 2, 3]
+    routed = routing.resolve(unsure, order[:2], ["b", "inconsistent"], to_human_queue=True)
+    assert routed.source.tolist() == ["rm_ensemble", "judge", "", ""]
+    assert routed.flip.tolist() == [False, True, False, False]
+    assert routed.to_human.tolist() == [False, False, True, True]
+    assert routed.reason.tolist() == ["", "", "inconsistent", "not_judged"]
+    m = routing.routing_metrics(unsure, order[:2], ["b", "inconsistent"], routed)
+    assert m["routed"] == 3 and m["judge_settled"] == 1 and m["rm_judge_agreement"] == 0.0
+    assert m["human_queued"] == 2 and m["dropped_uncertain"] == 0
+
+
+def test_parse_verdict():
+    assert parse_verdict(" A") == "A" and parse_verdict("Response B.") == "B" and parse_verdict("AB") is None
+
+
+def _toy_runner(tmp_path, noise=0.0, bias=0.0, budget=100, **kw):
+    judge = ToyJudge(gold_reward, noise=noise, position_bias=bias, seed=0)
+    return JudgeRunner(judge, rubric_version="v1", budget=budget, cache_path=tmp_path / "cache.jsonl", **kw)
+
+
+def test_judge_both_orders_budget_and_cache(tmp_path):
+    runner = _toy_runner(tmp_path, budget=5, concurrency=2)
+    ids, prompts = ["p0", "p1", "p2", "p3"], [PROMPT] * 4
+    first, second = [GOOD, BAD, BAD, GOOD], [BAD, MID, GOOD, MID]
+    out = runner.judge_pairs(ids, prompts, first, second)
+    # 2 calls per pair; p2 asks p0's questions again (free); p3 does not fit in the 5 left after 4 paid
+    assert out == ["a", "b", "b", "over_budget"]
+    assert runner.calls == 4 and len(runner.transcript) == 6
+    assert {(t["pair_id"], t["order"]) for t in runner.transcript if not t["cached"]} == {
+        ("p0", "ab"), ("p0", "ba"), ("p1", "ab"), ("p1", "ba")}
+    assert all(t["attempts"] == 1 and t["latency_s"] >= 0 for t in runner.transcript if not t["cached"])
+    again = _toy_runner(tmp_path, budget=2)  # re-run with the persisted cache: only p3 is paid
+    assert again.judge_pairs(ids, prompts, first, second) == ["a", "b", "b", "a"]
+    assert again.calls == 2 and again.stats()["judge_cache_hits"] == 6
+
+
+def test_position_bias_and_noise_make_verdicts_inconsistent(tmp_path):
+    runner = _toy_runner(tmp_path, bias=1.0)
+    assert runner.judge_pairs(["p"], [PROMPT], [BAD], [GOOD]) == ["inconsistent"]  # "A" in both orders
+    noisy = _toy_runner(tmp_path / "n", noise=0.3, budget=10_000)
+    n = 400
+    out = noisy.judge_pairs([str(i) for i in range(n)], [f"review pizza crust {i} :" for i in range(n)],
+                            [GOOD] * n, [BAD] * n)
+    share = {k: out.count(k) / n for k in ("a", "b", "inconsistent")}
+    assert abs(share["inconsistent"] - 2 * 0.3 * 0.7) < 0.08 and abs(share["b"] - 0.09) < 0.05
+
+
+class Flaky:
+    """A judge whose first `fails` calls raise a transport error (a fake inside a unit test of the runner)."""
+
+    name = "flaky"
+
+    def __init__(self, fails):
+        self.fails, self.calls = fails, 0
+
+    def ask(self, prompt, first, second):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise TransportError("connection reset")
+        return Answer("A" if first == GOOD else "B", "ok")
+
+
+def test_runner_retries_with_backoff_then_gives_up():
+    runner = JudgeRunner(Flaky(2), rubric_version="v1", budget=10, max_retries=2, backoff_s=0.0)
+    assert runner.judge_pairs(["p"], [PROMPT], [GOOD], [BAD]) == ["a"]
+    assert max(t["attempts"] for t in runner.transcript) == 3
+    dead = JudgeRunner(Flaky(100), rubric_version="v1", budget=10, max_retries=1, backoff_s=0.0)
+    assert dead.judge_pairs(["p"], [PROMPT], [GOOD], [BAD]) == ["inconsistent"]
+    assert dead.stats()["judge_errors"] == 2 and dead.cache.entries == {}  # failures are never cached
+
+
+def test_label_routes_uncertain_pairs_to_judge_then_human_queue(tmp_path):
+    prompts = [PROMPT] * 4 + ["review pizza sauce :"] * 2
+    completions = [GOOD, BAD, MID, " the crust was bad .", " the sauce was great .", BAD]
+    groups = ["g1"] * 4 + ["g2"] * 2
+    # member rewards [K=3, N=6]: group 1 confidently prefers GOOD over BAD; group 2 is split (uncertain) and its
+    # mean prefers BAD (wrong by gold)
+    members = np.array([[2.0, -2.0, 0.0, -1.0, -0.5, 0.5],
+                        [2.1, -2.1, 0.0, -1.0, 1.0, -0.9],
+                        [1.9, -1.9, 0.0, -1.0, -0.8, 0.6]])
+    cfg = LabelConfig(judge={"backend": "toy", "noise": 0.0, "position_bias": 0.0, "budget": 10},
+                      uncertain="human_queue")
+    runner = _toy_runner(tmp_path)
+    table, metrics, queue, _ = label._label_by_ensemble(cfg, prompts, completions, groups, members, runner, 3,
+                                                        np.random.default_rng(0))
+    rows = table.to_pylist()
+    assert [r["label_source"] for r in rows] == ["rm_ensemble", "judge"]
+    assert rows[1]["chosen"] == " the sauce was great ." and rows[1]["margin"] < 0  # the judge flipped the RMs
+    assert metrics["rm_judge_agreement"] == 0.0 and metrics["judge_settled"] == 1 and queue == []
+    # without budget the uncertain pair goes to the human queue instead
+    broke = _toy_runner(tmp_path / "b", budget=0)
+    table, metrics, queue, _ = label._label_by_ensemble(cfg, prompts, completions, groups, members, broke, 3,
+                                                        np.random.default_rng(0))
+    assert table.num_rows == 1 and len(queue) == 1 and queue[0]["meta"]["reason"] == "over_budget"
+    assert queue[0]["data"]["response_a"] == BAD and queue[0]["choice"] is None
+
+
+def test_human_queue_import_round_trip(tmp_path):
+    from components.human_queue import import_labels, pending_imports, queue_records, write_queue
+    from components.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    recs = queue_records([PROMPT, PROMPT], [BAD, MID], [GOOD, BAD], [0.1, 0.2], [1.0, 1.0], [0.6, 0.6],
+                         ["inconsistent", "over_budget"], iteration=2)
+    write_queue(ws, 2, recs)
+    bad = tmp_path / "bad.jsonl"
+    for lines, msg in [([{"id": "nope", "choice": "a"}], "bad.jsonl:1: unknown pair id"),
+                       ([{"id": recs[0]["id"], "choice": "b"}, {"id": recs[0]["id"], "choice": "a"}],
+                        "bad.jsonl:2: duplicate pair id"),
+                       ([{"id": recs[0]["id"], "choice": "left"}], "choice must be"),
+                       (["{not json"], "bad.jsonl:1: not valid JSON")]:
+        bad.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+        with pytest.raises(ValueError, match=msg):
+            import_labels(ws, bad)
+    reviewed = tmp_path / "done.jsonl"
+    reviewed.write_text(json.dumps({**recs[0], "choice": "b"}) + "\n" + json.dumps({**recs[1], "choice": None}) + "\n")
+    ref, counts = import_labels(ws, reviewed)
+    assert counts == {"labels": 1, "skipped": 1}
+    with pytest.raises(ValueError, match="already imported"):
+        import_labels(ws, reviewed)
+    assert [r.sha256 for r in pending_imports(ws, set())] == [ref.sha256]
+    assert pending_imports(ws, {ref.sha256}) == []
+    from components.artifacts import ArtifactStore
+
+    human = ArtifactStore(ws.store).read_table(ref)
+    row = human.to_pylist()[0]
+    assert (row["chosen"], row["rejected"], row["label_source"]) == (GOOD, BAD, "human")
+    # the next iteration's label stage appends them (gold seed path: no reward model yet)
+    rollouts = pa.table({"prompt": [PROMPT] * 3, "completion": [GOOD, BAD, MID], "prompt_id": ["g"] * 3,
+                         "rollout_id": ["r0", "r1", "r2"]})
+    out = label.run(LabelConfig(seed_gold_pairs=3), rollouts, reward_models=None, gold=gold_reward, iteration=5,
+                    seed=0, human=human)
+    assert out.metrics["kept/human"] == 1 and out.metrics["kept/gold"] == 3
+    assert out.preferences.to_pylist()[-1]["iteration"] == 5
+
+
+def test_labels_import_cli_reports_file_and_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from components.human_queue import queue_records, write_queue
+    from components.workspace import Workspace
+    from flows.cli import app
+
+    ws = Workspace.at(tmp_path / "ws")
+    rec = queue_records([PROMPT], [BAD], [GOOD], [0.1], [1.0], [0.6], ["not_judged"], iteration=0)[0]
+    write_queue(ws, 0, [rec])
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"id": rec["id"], "choice": "b"}) + "\n" + json.dumps({"id": "x", "choice": "a"}) + "\n")
+    res = CliRunner().invoke(app, ["labels", "import", str(f), "--workspace", str(ws.root)])
+    assert res.exit_code == 2 and "in.jsonl:2" in res.output and "unknown pair id" in res.output
+    f.write_text(json.dumps({"id": rec["id"], "choice": "b"}) + "\n")
+    res = CliRunner().invoke(app, ["labels", "import", str(f), "--workspace", str(ws.root)])
+    assert res.exit_code == 0 and "imported 1 human label" in res.output
