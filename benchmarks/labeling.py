@@ -55,8 +55,9 @@ def _gold_of(cfg, pool, policy: str, seed: int) -> float:
 def _label(lcfg: LabelConfig, rollouts, rms, it, seed, select, budget):
     judge = None
     if select is not None:
-        jcfg = lcfg.judge.model_copy(update={"backend": "toy", "select": select, "budget": budget})
-        judge = make_runner(jcfg, gold=gold_reward, seed=seed)
+        lcfg = lcfg.model_copy(update={"judge": lcfg.judge.model_copy(
+            update={"backend": "toy", "select": select, "budget": budget})})
+        judge = make_runner(lcfg.judge, gold=gold_reward, seed=seed)
     return label.run(lcfg, rollouts, reward_models=rms, gold=gold_reward, iteration=it, seed=seed, judge=judge)
 
 

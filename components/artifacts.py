@@ -28,7 +28,7 @@ from components.schemas import conform, schema_of
 class ArtifactRef(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: str                      # prompts | rollouts | preferences | scores | eval_samples | policy | reward_model | report
+    kind: str                      # a table kind of schemas.SCHEMAS, or policy | reward_model | eval_report
     sha256: str                    # content hash (file bytes, or the sorted (path, file hash) list of a directory)
     uri: str                       # path relative to the store root
     schema_version: int = 0        # tables: schemas.SCHEMAS version; others 0

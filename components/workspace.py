@@ -112,7 +112,7 @@ class Workspace:
         """Exclusive lock: one loop process per workspace at a time (a second one fails fast). Holding it proves
         no writer is active, so a crashed writer's leftovers in the store's staging area are removed here."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "w")
+        fh = open(self.root / ".lock", "w")  # noqa: SIM115 - held open by the caller for the lock's lifetime
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -30,7 +30,8 @@ def quiet_env(workspace: Path) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING",
         # the rich progress display replaces library progress bars and load reports
-        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         # torch's default of one thread per core was ~10x slower for tiny models on 2-core VMs
         "OMP_NUM_THREADS": "1",
     }
@@ -62,7 +63,7 @@ def iteration_table(ledgers: list[dict]) -> Table:
         rep, promoted = d["report"], d["decision"]["promote"]
         champ = rep["candidate"] if promoted else rep["champion"]
 
-        def wr(key):
+        def wr(key, rep=rep):
             w = rep.get(key)
             return f"{w['value']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" if w else "-"
 

@@ -98,7 +98,8 @@ def _stage(name: str, task, **kwargs):
 
 
 @flow(name="alignloop-iteration")
-def iteration_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace") -> dict:
+def iteration_flow(config_path: str | list[str], overrides: list[str] | None = None,
+                   workspace: str = "workspace") -> dict:
     import pyarrow.parquet as pq
 
     cfg = load_config(config_path, overrides or [])
@@ -114,8 +115,8 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
                          "resume it with the same config (or remove ledger/iter-*.json to start it afresh)")
     parent = tracker.iteration_run(i, cfg.name, {"config_hash": chash, "git_sha": _git_sha()},
                                    {"config": cfg.model_dump_json()})
-    ctx = t.RunContext(workspace=str(ws.root), workspace_id=ws.instance_id, loop=cfg.name, iteration=i, seed=cfg.seed, parent_run_id=parent,
-                       config_hash=chash, git_sha=_git_sha())
+    ctx = t.RunContext(workspace=str(ws.root), workspace_id=ws.instance_id, loop=cfg.name, iteration=i,
+                       seed=cfg.seed, parent_run_id=parent, config_hash=chash, git_sha=_git_sha())
     try:
         if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs
             pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
@@ -154,7 +155,7 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
                                          reward_model=rm_prev, gold=cfg.gold,
                                          human=[ArtifactRef(**h) for h in s.get("human_labels", [])])
         rm, timings["train_reward"] = _stage("train_reward", t.train_reward_task, ctx=ctx, cfg=cfg.train_reward,
-                                             preferences=history + [prefs],
+                                             preferences=[*history, prefs],
                                              init=cfg.train_reward.init or s["initial_source"],
                                              launch=cfg.train_launch, previous=rm_prev)
         candidate, timings["train_policy"] = _stage(

@@ -1,6 +1,10 @@
 """Test-wide environment: offline, telemetry off, one CPU thread per process (set before heavy imports)."""
 
 import os
+import tempfile
+from pathlib import Path
+
+import pytest
 
 for key, value in {
     "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -9,11 +13,6 @@ for key, value in {
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(key, value)
-
-import tempfile
-from pathlib import Path
-
-import pytest
 
 # Prefect's persisted task results (the cache that makes re-runs skip stages) go to a per-session scratch dir.
 os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="alignloop-prefect-"))

@@ -22,7 +22,7 @@ from collections import Counter
 
 import pytest
 
-from tests.service.conftest import EXE, service_config, service_env
+from service_helpers import EXE, service_config, service_env
 
 pytestmark = pytest.mark.slow
 
@@ -95,9 +95,9 @@ def test_sigkill_in_stages_then_resume(tmp_path, tiny_bootstrap, prefect_server)
     assert len(children) == len(STAGES) + 3  # no stage before a crash point ran again
 
     # The recomputed stages produced the same content, so no duplicate artifacts or model versions.
-    for stage, key in (("train_reward", "output.reward_model"), ("gate", None)):
-        outs = {r.data.tags.get(key) for r in children if r.data.tags["alignloop.stage"] == stage} if key else set()
-        assert len(outs) <= 1, f"{stage} produced different outputs on resume: {outs}"
+    rm_outputs = {r.data.tags.get("output.reward_model") for r in children
+                  if r.data.tags["alignloop.stage"] == "train_reward"}
+    assert len(rm_outputs) == 1, f"train_reward produced different ensembles on resume: {rm_outputs}"
     assert len(client.search_model_versions("name = 'reward-model'")) == 1
     policy_versions = client.search_model_versions("name = 'policy'")
     assert len(policy_versions) == 2  # the initial policy and this iteration's candidate, once each
