@@ -37,3 +37,12 @@ lint: install
 
 clean:
 	rm -rf $(WORKSPACE)
+
+STACK ?= $(WORKSPACE)/stack
+
+stack: install  ## Prefect server + MLflow (PostgreSQL, S3) + S3 endpoint on loopback; see infra/README.md
+	$(BIN)/alignloop stack up --dir $(STACK)
+
+stack-down:
+	$(BIN)/alignloop stack down --dir $(STACK)
+.PHONY: stack stack-down

@@ -4,6 +4,11 @@ An `ArtifactRef` is what travels between stages and tasks; payloads stay in the 
 sha256 of the content, so the same bytes always get the same id, and a ref names its parents (the inputs
 that produced it) for lineage. Writes go to a staging directory inside the store and are moved into place
 with one rename, so a crash never leaves a half-written artifact visible.
+
+With a remote (`s3://bucket/prefix`, or $ALIGNLOOP_ARTIFACT_REMOTE), the local directory is a write-through
+cache of an S3 store: every artifact is uploaded when published and fetched on first use elsewhere. On S3
+the sidecar (<sha>.ref.json) is uploaded last and is what readers go by, so there too an interrupted upload
+is invisible, and a re-publish completes it.
 """
 
 from __future__ import annotations
@@ -56,14 +61,28 @@ def dir_sha(path: Path) -> str:
 
 
 class ArtifactStore:
-    """A local directory store: <root>/<kind>/<sha>{.parquet,.json,/} plus <sha>.ref.json sidecars."""
+    """A local directory store: <root>/<kind>/<sha>{.parquet,.json,/} plus <sha>.ref.json sidecars, optionally
+    mirrored to S3 (see module docstring)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, remote: str | None = None):
         self.root = Path(root)
         (self.root / ".staging").mkdir(parents=True, exist_ok=True)
+        remote = remote if remote is not None else os.environ.get("ALIGNLOOP_ARTIFACT_REMOTE")
+        self.remote = S3Mirror(remote) if remote else None
 
     def path(self, ref: ArtifactRef) -> Path:
-        return self.root / ref.uri
+        """The artifact on local disk (fetched from the remote first if this machine has not got it)."""
+        local = self.root / ref.uri
+        if self.remote is not None and not local.exists():
+            self._fetch(ref.uri)
+        return local
+
+    def _fetch(self, rel: str) -> None:
+        with self.staging_dir() as d:
+            self.remote.download(rel, d / "x")
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # a concurrent fetch placed it first: same bytes
+                os.rename(d / "x", self.root / rel)
 
     @contextlib.contextmanager
     def staging_dir(self) -> Iterator[Path]:
@@ -90,6 +109,9 @@ class ArtifactStore:
         tmp = sidecar.with_suffix(".tmp")
         tmp.write_text(ref.model_dump_json(indent=1))
         os.replace(tmp, sidecar)
+        if self.remote is not None and not self.remote.has(f"{kind}/{sha}.ref.json"):
+            self.remote.upload(dest, rel)
+            self.remote.upload(sidecar, f"{kind}/{sha}.ref.json")  # last: marks the upload complete
         return ref
 
     def put_table(self, kind: str, table: pa.Table, parents=(), meta: dict | None = None) -> ArtifactRef:
@@ -121,4 +143,52 @@ class ArtifactStore:
         return json.loads(self.path(ref).read_text())
 
     def ref(self, kind: str, sha: str) -> ArtifactRef:
-        return ArtifactRef.model_validate_json((self.root / f"{kind}/{sha}.ref.json").read_text())
+        sidecar = self.root / f"{kind}/{sha}.ref.json"
+        if self.remote is not None and not sidecar.exists():
+            self._fetch(f"{kind}/{sha}.ref.json")
+        return ArtifactRef.model_validate_json(sidecar.read_text())
+
+
+class S3Mirror:
+    """Objects under s3://bucket/prefix/<uri> (a directory artifact: one object per file). boto3 takes the
+    endpoint from AWS_ENDPOINT_URL and the keys from the environment, never from here."""
+
+    def __init__(self, url: str):
+        if not url.startswith("s3://"):
+            raise ValueError(f"artifact remote {url!r}: expected s3://bucket/prefix")
+        import boto3
+
+        self.bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        self.prefix = prefix.strip("/")
+        self.s3 = boto3.client("s3")
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def has(self, rel: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self._key(rel))
+            return True
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def upload(self, local: Path, rel: str) -> None:
+        files = [(local, rel)] if local.is_file() else [
+            (f, f"{rel}/{f.relative_to(local).as_posix()}") for f in sorted(local.rglob("*")) if f.is_file()]
+        for f, r in files:
+            self.s3.upload_file(str(f), self.bucket, self._key(r))
+
+    def download(self, rel: str, dest: Path) -> None:
+        key = self._key(rel)
+        keys = [o["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key)
+                for o in page.get("Contents", []) if o["Key"] == key or o["Key"].startswith(key + "/")]
+        if not keys:
+            raise FileNotFoundError(f"s3://{self.bucket}/{key}: no such artifact on the remote")
+        for k in keys:
+            target = dest if k == key else dest / k[len(key) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.s3.download_file(self.bucket, k, str(target))

@@ -2,12 +2,13 @@
 
     alignloop labels import reviewed.jsonl --workspace workspace
 
-Export: `<workspace>/human_queue/iter-NNNN.jsonl`, one pair per line (a Label Studio task: its fields live
-under "data", which is what Label Studio's JSON import reads; `jq -s . iter-0003.jsonl > tasks.json`):
+Export: `<workspace>/human_queue/iter-NNNN.jsonl`, one pair per line, shaped like a Label Studio task (the
+fields a labeling config shows live under "data", extra facts under "meta"; `jq -s . iter-0003.jsonl` gives a
+task list for its JSON import, which assigns its own numeric ids: the pair id also travels as data.pair_id):
 
     {"id":        str,    the pair's id = preferences.pair_id(prompt, response_a, response_b)
      "iteration": int,    the iteration whose rollouts it came from
-     "data":      {"prompt": str, "response_a": str, "response_b": str},
+     "data":      {"pair_id": str, "prompt": str, "response_a": str, "response_b": str},
                           response_a is the side the reward-model ensemble (weakly) preferred
      "meta":      {"rm_margin": float, "rm_uncertainty": float, "rm_agreement": float,
                    "reason": "inconsistent" | "over_budget" | "not_judged"},   why no label was taken
@@ -46,7 +47,7 @@ def _imports_log(ws: Workspace) -> Path:
 def queue_records(prompt, response_a, response_b, margin, margin_std, agreement, reason, iteration: int
                   ) -> list[dict]:
     return [{"id": pair_id(p, a, b), "iteration": iteration,
-             "data": {"prompt": p, "response_a": a, "response_b": b},
+             "data": {"pair_id": pair_id(p, a, b), "prompt": p, "response_a": a, "response_b": b},
              "meta": {"rm_margin": float(m), "rm_uncertainty": float(s), "rm_agreement": float(g), "reason": r},
              "choice": None}
             for p, a, b, m, s, g, r in zip(prompt, response_a, response_b, margin, margin_std, agreement, reason)]

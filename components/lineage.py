@@ -100,10 +100,10 @@ class Tracker:
             self.client.create_registered_model(name)
         existing = self.client.search_model_versions(f"name = '{name}' and tags.`{TAG_SHA}` = '{ref.sha256}'")
         if existing:
-            return existing[0].version
+            return str(existing[0].version)
         mv = self.client.create_model_version(name, source=source, run_id=run_id,
                                               tags={TAG_SHA: ref.sha256, **tags})
-        return mv.version
+        return str(mv.version)  # MLflow returns an int here, a str elsewhere
 
     def alias(self, name: str, alias: str):
         """The ModelVersion an alias points at, or None."""
@@ -124,9 +124,9 @@ class Tracker:
         rollback walk back more than one step."""
         version = str(version)
         old = self.alias(name, "champion")
-        if old is not None and old.version != version:
-            self.client.set_model_version_tag(name, version, TAG_PROMOTED_OVER, old.version)
-            self.set_alias(name, "previous", old.version)
+        if old is not None and str(old.version) != version:  # MLflow returns versions as int
+            self.client.set_model_version_tag(name, version, TAG_PROMOTED_OVER, str(old.version))
+            self.set_alias(name, "previous", str(old.version))
             fault_point("promote:after-previous")
         self.set_alias(name, "champion", version)
 
@@ -137,18 +137,18 @@ class Tracker:
         champ, prev = self.alias(name, "champion"), self.alias(name, "previous")
         if prev is None:
             raise LookupError(f"{name}: no `previous` alias, nothing to roll back to")
-        demoted = champ.version if champ is not None else ""
-        if demoted != prev.version:
+        demoted, restored = (str(champ.version) if champ is not None else ""), str(prev.version)
+        if demoted != restored:
             for k, v in tags.items():
                 self.client.set_model_version_tag(name, demoted, k, v)
-            self.set_alias(name, "champion", prev.version)
+            self.set_alias(name, "champion", restored)
             fault_point("rollback:after-champion")
         before = prev.tags.get(TAG_PROMOTED_OVER)
         if before:
             self.set_alias(name, "previous", before)
         else:
             self.client.delete_registered_model_alias(name, "previous")
-        return demoted, prev.version
+        return demoted, restored
 
     def version_by_sha(self, name: str, sha: str):
         """The registered version of `name` holding the artifact with content hash `sha`, or None."""

@@ -154,6 +154,9 @@ cmd_registry.register(app)
 from flows import cmd_labels  # noqa: E402
 
 cmd_labels.register(app)
+from flows import cmd_service  # noqa: E402
+
+cmd_service.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -62,7 +62,7 @@ def _stage_runs(tracker: Tracker, parent_id: str) -> dict:
 
 def _version_of(tracker: Tracker, name: str, sha: str | None) -> dict | None:
     mv = tracker.version_by_sha(name, sha) if sha else None
-    return {"version": mv.version, "artifact_sha": sha} if mv else ({"version": None, "artifact_sha": sha}
+    return {"version": str(mv.version), "artifact_sha": sha} if mv else ({"version": None, "artifact_sha": sha}
                                                                       if sha else None)
 
 
@@ -71,7 +71,7 @@ def link(tracker: Tracker, store: ArtifactStore, ws: Workspace, mv) -> dict:
     from components.config import LoopConfig
 
     it = int(mv.tags.get(TAG_ITER, "-1"))
-    rec = {"model": mv.name, "version": mv.version, "iteration": it, "artifact_sha": mv.tags.get(TAG_SHA),
+    rec = {"model": mv.name, "version": str(mv.version), "iteration": it, "artifact_sha": mv.tags.get(TAG_SHA),
            "source": mv.source, "tags": dict(mv.tags)}
     if it < 0:
         return {**rec, "origin": "bootstrap policy (loop's initial champion)", "parent": None}
@@ -152,6 +152,9 @@ def register(app: typer.Typer) -> None:
 
     def open_ws(workspace) -> Workspace:
         ws = Workspace.at(_workspace(workspace))
+        if not (ws.root / "mlflow.db").exists():  # never create a tracking store just to find it empty
+            console.print(f"[red]error:[/] {ws.root}: no alignloop workspace here (run `alignloop run` first)")
+            raise typer.Exit(2)
         quiet_env(ws.root)
         return ws
 
@@ -169,7 +172,7 @@ def register(app: typer.Typer) -> None:
         ws = open_ws(workspace)
         tracker = _tracker(ws)
         champ = tracker.alias(POLICY, "champion")
-        if champ is not None and champ.version == version:
+        if champ is not None and str(champ.version) == version:
             console.print(f"policy v{version} is already champion")
             raise typer.Exit(0)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -12,6 +12,7 @@ by the flow itself, which also stops a manual `alignloop run` from overlapping a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -76,11 +77,8 @@ def deploy(configs: list[Path], workspace: Path, overrides: list[str], sched: Sc
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name=sched.work_pool, type="process"))
-        except ObjectAlreadyExists:
-            pass
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=sched.work_pool, type="process"))
     source = scheduled_iteration.from_source(str(REPO), "flows/deploy.py:scheduled_iteration")
     deployment_id = source.deploy(
         name=sched.name, work_pool_name=sched.work_pool,

@@ -45,9 +45,9 @@ def start(stack: Path, name: str, argv: list[str], env: dict[str, str], ready, t
     """Start `argv` detached (own session), record its pid, wait until `ready()` is true or it exits."""
     (stack / "pids").mkdir(parents=True, exist_ok=True)
     (stack / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(stack / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, **popen)
+    with open(stack / "logs" / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, **popen)
     (stack / "pids" / f"{name}.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while not ready():
@@ -81,10 +81,8 @@ def stop(stack: Path, name: str, grace: float = 20) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    except ChildProcessError:
-        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,3 +124,112 @@ def s3_endpoint(stack: Path, port: int, env: dict[str, str]) -> str:
     boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=BUCKET)
     return url
+
+
+def pg_bindir(install: bool = True) -> Path:
+    """Debian's PostgreSQL binaries; installed with apt-get when missing and we are root."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                                                  "postgresql"]):
+            subprocess.run(cmd, env=env, check=False, capture_output=True, timeout=600)
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise FileNotFoundError("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin): "
+                                "`apt-get install postgresql` (Debian), then retry")
+    return found[-1].parent
+
+
+def postgres(stack: Path, port: int, env: dict[str, str]) -> str:
+    """A private cluster on 127.0.0.1:`port` with password (scram) auth and a database `mlflow`; returns the
+    URI without the password (servers get it as PGPASSWORD). PostgreSQL refuses to run as root: as root the
+    cluster runs as the OS user `postgres` (made by Debian's package), in a directory it can enter
+    (/tmp/alignloop-pg-<id>, since a root-owned 0700 parent such as a pytest tmp dir would lock it out)."""
+    bindir = pg_bindir()
+    as_root = os.geteuid() == 0
+    base = Path(f"/tmp/alignloop-pg-{abs(hash(str(stack.resolve()))) % 10**10}") if as_root else stack / "pg"
+    (stack / "pg-location").write_text(str(base))
+    run_as = {"user": "postgres", "group": "postgres", "extra_groups": []} if as_root else {}
+    data, pw = base / "data", env["ALIGNLOOP_PG_PASSWORD"]
+    if not (data / "PG_VERSION").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(mode=0o700, parents=True)
+        pwfile = base / "pw"
+        pwfile.write_text(pw)
+        pwfile.chmod(0o600)
+        if as_root:
+            shutil.chown(base, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "alignloop", "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale"], check=True, capture_output=True,
+                       **run_as)
+        pwfile.unlink()
+    argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base),
+            "-c", "listen_addresses=127.0.0.1"]
+    client_env = {**env, "PGPASSWORD": pw}
+    isready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+    start(stack, "postgres", argv, env, lambda: subprocess.run(isready, check=False).returncode == 0, **run_as)
+    made = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "alignloop",
+                           "mlflow"], env=client_env, capture_output=True, text=True, check=False)
+    if made.returncode and "already exists" not in made.stderr:
+        raise RuntimeError(f"createdb mlflow failed: {made.stderr.strip()}")
+    return f"postgresql://alignloop@127.0.0.1:{port}/mlflow"
+
+
+def mlflow_server(stack: Path, port: int, backend: str, s3: str, env: dict[str, str]) -> str:
+    """MLflow tracking + registry on PostgreSQL, serving artifacts that it stores on the S3 endpoint."""
+    env = {**env, "PGPASSWORD": env["ALIGNLOOP_PG_PASSWORD"], "MLFLOW_S3_ENDPOINT_URL": s3,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else helpers outlive a stop
+    url = f"http://127.0.0.1:{port}"
+    start(stack, "mlflow", [_bin("mlflow"), "server", "--backend-store-uri", backend,
+                            "--artifacts-destination", f"s3://{BUCKET}/mlartifacts", "--host", "127.0.0.1",
+                            "--port", str(port), "--workers", "1"], env, lambda: _http_ok(f"{url}/health"))
+    return url
+
+
+# ---- the whole stack --------------------------------------------------------------------------------------
+def secrets(env_file: Path) -> dict[str, str]:
+    """S3 keys and the database password: from the environment, else `env_file` (git-ignored `.env`); missing
+    ones are generated once and appended there (mode 600), so `up` works on a fresh checkout."""
+    from dotenv import dotenv_values
+
+    found = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.exists() else {}
+    found.update({k: os.environ[k] for k in SECRET_KEYS if os.environ.get(k)})
+    missing = {k: _secrets.token_hex(16) for k in SECRET_KEYS if k not in found}
+    if missing:
+        with env_file.open("a") as fh:
+            fh.writelines(f"{k}={v}\n" for k, v in missing.items())
+        env_file.chmod(0o600)
+    return {k: {**found, **missing}[k] for k in SECRET_KEYS}
+
+
+def up(stack: Path, env_file: Path = Path(".env")) -> dict[str, str]:
+    """Start everything (what is already running is left alone); returns the settings, also written (without
+    secrets) to <stack>/stack.env for `set -a; . .env; . <stack>/stack.env; set +a`."""
+    stack = stack.resolve()
+    stack.mkdir(parents=True, exist_ok=True)
+    if running(stack):
+        raise RuntimeError(f"{stack}: stack already running ({', '.join(running(stack))}); `alignloop stack down`")
+    env = {**os.environ, **secrets(env_file), "AWS_DEFAULT_REGION": "us-east-1", "DO_NOT_TRACK": "true",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    try:
+        s3 = s3_endpoint(stack, free_port(), env)
+        settings = {"PREFECT_API_URL": prefect_server(stack, free_port(), env),
+                    "MLFLOW_TRACKING_URI": mlflow_server(stack, free_port(), postgres(stack, free_port(), env), s3,
+                                                         env),
+                    "AWS_ENDPOINT_URL": s3, "MLFLOW_S3_ENDPOINT_URL": s3, "AWS_DEFAULT_REGION": "us-east-1",
+                    "ALIGNLOOP_DVC_REMOTE": f"s3://{BUCKET}/dvc", "ALIGNLOOP_ARTIFACT_REMOTE": f"s3://{BUCKET}/store"}
+    except BaseException:
+        down(stack)
+        raise
+    (stack / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    return settings
+
+
+def down(stack: Path) -> list[str]:
+    """Stop, by pid, everything `up` started (the database last); returns the names stopped."""
+    order = ["prefect", "mlflow", "s3", "postgres"]
+    names = sorted((p.stem for p in (stack / "pids").glob("*.pid")), key=lambda n: order.index(n)
+                   if n in order else -1) if (stack / "pids").exists() else []
+    return [n for n in names if stop(stack, n)]

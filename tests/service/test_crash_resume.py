@@ -14,6 +14,7 @@ The kills happen in one iteration, one after another, so the re-run after each a
 finished in an earlier attempt (including those before an earlier crash) are never recomputed.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,7 +22,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from service_helpers import EXE, service_config, service_env
 
 pytestmark = pytest.mark.slow
@@ -54,17 +54,17 @@ def _alignloop(cfg, ws, env, fault: str | None = None, kill_when_running: str | 
                 time.sleep(0.2)
         out, _ = proc.communicate(timeout=600)
     finally:
-        try:  # nothing of the killed run may linger (its process group)
+        with contextlib.suppress(ProcessLookupError):  # nothing of the killed run may linger (its group)
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return proc.returncode, out.decode(errors="replace")
 
 
 def test_sigkill_in_stages_then_resume(tmp_path, tiny_bootstrap, prefect_server):
     from components.artifacts import ArtifactRef, ArtifactStore, _file_sha, dir_sha
     from components.workspace import Workspace
+    from tasks.stages import code_version
 
+    code = code_version.__wrapped__()
     cfg, ws = service_config(tmp_path, tiny_bootstrap, "crash"), tmp_path / "ws"
     env = service_env(prefect_server)
     w = Workspace.at(ws)
@@ -81,6 +81,8 @@ def test_sigkill_in_stages_then_resume(tmp_path, tiny_bootstrap, prefect_server)
     rc, out = _alignloop(cfg, ws, env)
     assert rc == 0, out
 
+    if code_version.__wrapped__() != code:  # only in a checkout being edited while the test runs, never in CI
+        pytest.skip("components/ changed during the test: every cache key changed (by design), so stages re-ran")
     ledgers = w.ledgers()
     assert [(d["iteration"], d["status"]) for d in ledgers] == [(0, "finished")]
     client, runs = _runs(w.tracking_uri, "crash")

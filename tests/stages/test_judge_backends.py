@@ -31,7 +31,7 @@ def always_a(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("always_a")
-    words = "A B review pizza coffee great bad . : Response Answer Which better".split()
+    words = ["A", "B", "review", "pizza", "coffee", "great", "bad", ".", ":", "Response", "Answer", "Which", "better"]
     vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<eos>", *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -135,7 +135,7 @@ def test_dpo_lora_saves_merged_checkpoint_and_history(tiny_policy, tmp_path):
     load_causal_lm(str(tmp_path / "c"))  # a plain checkpoint
     assert not np.allclose(_state(tiny_policy)[KEY], _state(tmp_path / "c")[KEY])  # the merged adapter
     assert {"logps/chosen", "logps/rejected", "loss"} <= set(m["history"][0]) and np.isfinite(m["kl_ref"])
-    with pytest.raises(ValueError, match="train_policy.trainer_args"):
+    with pytest.raises(ValueError, match=r"train_policy\.trainer_args"):
         train_policy.run(cfg.model_copy(update={"trainer_args": {"no_such_arg": 1}}), _prefs(pairs, 0, "gold"),
                          prompts=[], heldout_prompts=[], policy_path=tiny_policy, ref_path=tiny_policy,
                          reward_models=None, out_dir=tmp_path / "x", seed=0)

@@ -1,0 +1,145 @@
+"""Resume: wall time to re-run an already finished iteration (target ≤ 5 s, zero stages recomputed), and to resume
+an iteration whose process was killed (SIGKILL) during the policy-update stage.
+
+    .venv/bin/python benchmarks/bench_resume.py [--kill-after 1.0]
+
+Iteration 0 runs through the flow; its ledger is then marked unfinished (as if the process died after its last
+stage) and the flow re-run, warm (Prefect server already up) and in a fresh process (what `alignloop run` pays).
+Iteration 1 runs in a child process that SIGKILLs itself `--kill-after` seconds into train_policy; this process
+then resumes it. "Recomputed" = stages that opened a new MLflow stage run (a cached stage opens none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import common
+
+
+def _stage_runs(ws: Path, loop: str) -> dict[str, str]:
+    """run id -> stage, for every MLflow stage run in the workspace."""
+    from mlflow import MlflowClient
+
+    from components.workspace import Workspace
+
+    client = MlflowClient(Workspace.at(ws).tracking_uri)
+    exp = client.get_experiment_by_name(loop)
+    runs = client.search_runs([exp.experiment_id], max_results=10_000)
+    return {r.info.run_id: r.data.tags.get("alignloop.stage") for r in runs
+            if r.data.tags.get("alignloop.stage") != "iteration"}
+
+
+def child(files: list[str], ws: str, kill_after: float | None) -> None:
+    """Run one iteration in this process; with kill_after, SIGKILL ourselves that long into train_policy."""
+    t0 = time.perf_counter()
+    from flows import iteration
+
+    def listen(stage: str, event: str, _seconds: float) -> None:
+        if kill_after is not None and stage == "train_policy" and event == "start":
+            print(json.dumps({"killed_at_s": time.perf_counter() - t0}), flush=True)
+            threading.Timer(kill_after, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+
+    iteration._listeners.append(listen)
+    s = time.perf_counter()
+    iteration.iteration_flow(files, [], ws)
+    print(json.dumps({"flow_s": time.perf_counter() - s, "process_s": time.perf_counter() - t0}), flush=True)
+
+
+def run_child(files: list[str], ws: Path, root: Path, kill_after: float | None) -> tuple[int, list[dict]]:
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home-child")}  # its own ephemeral server DB
+    cmd = [sys.executable, __file__, "--child", str(ws), *(["--kill-after", str(kill_after)] if kill_after else []),
+           "--files", *files]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.returncode, lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kill-after", type=float, default=None, help="seconds into train_policy (default 1.0)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--files", nargs="*", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.files, args.child, args.kill_after)
+        return
+    kill_after = 1.0 if args.kill_after is None else args.kill_after
+    root = common.scratch("resume")
+    common.setup_env(root)
+    ws = root / "ws"
+    common.use_workspace(ws)
+    common.warm_imports()
+    from prefect import flow
+
+    from components.config import load_config
+    from components.workspace import Workspace
+    from flows.iteration import iteration_flow
+
+    @flow(name="bench-noop")
+    def noop() -> int:
+        return 0
+
+    s = time.perf_counter()
+    noop()
+    server_start = time.perf_counter() - s
+    files = common.config_files(root)
+    loop = load_config(files).name
+    w = Workspace.at(ws)
+
+    s = time.perf_counter()
+    first = iteration_flow(files, [], str(ws))
+    full_s = time.perf_counter() - s
+
+    def rerun_warm() -> tuple[float, set[str]]:
+        before = _stage_runs(ws, loop)
+        w.write_ledger(0, dict(first, status="running"))
+        s = time.perf_counter()
+        again = iteration_flow(files, [], str(ws))
+        dt = time.perf_counter() - s
+        assert again["outputs"] == first["outputs"], "a re-run changed the iteration's outputs"
+        return dt, {v for k, v in _stage_runs(ws, loop).items() if k not in before}
+
+    warm_s, recomputed_warm = rerun_warm()
+    before = _stage_runs(ws, loop)
+    w.write_ledger(0, dict(first, status="running"))
+    _, cold = run_child(files, ws, root, None)
+    recomputed_cold = {v for k, v in _stage_runs(ws, loop).items() if k not in before}
+    print(f"iteration 0: full run {full_s:.1f} s; re-run of the finished iteration: warm {warm_s:.2f} s, "
+          f"fresh process {cold[-1]['flow_s']:.2f} s in the flow + start-up = {cold[-1]['process_s']:.1f} s "
+          f"(target ≤ 5 s); stages recomputed: warm {sorted(recomputed_warm) or 'none'}, "
+          f"fresh {sorted(recomputed_cold) or 'none'}", flush=True)
+
+    before = _stage_runs(ws, loop)
+    rc, _ = run_child(files, ws, root, kill_after)
+    assert rc == -signal.SIGKILL and w.read_ledger(1)["status"] == "running", "the child was not killed mid-iteration"
+    after_kill = _stage_runs(ws, loop)
+    done_before_kill = sorted(v for k, v in after_kill.items() if k not in before)
+    s = time.perf_counter()
+    resumed = iteration_flow(files, [], str(ws))
+    resume_s = time.perf_counter() - s
+    recomputed = sorted(v for k, v in _stage_runs(ws, loop).items() if k not in after_kill)
+    stage_s = dict(resumed["timings"])
+    print(f"iteration 1 killed {kill_after} s into train_policy (stage runs opened before the kill: "
+          f"{done_before_kill}); resume took {resume_s:.1f} s, recomputing {recomputed}; stage times on resume: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in stage_s.items()))
+    common.emit("resume", {
+        "prefect_server_start_s": server_start, "iteration_full_s": full_s,
+        "rerun_finished_warm_s": warm_s, "rerun_finished_fresh_process_flow_s": cold[-1]["flow_s"],
+        "rerun_finished_fresh_process_total_s": cold[-1]["process_s"],
+        "rerun_recomputed_stages": sorted(recomputed_warm | recomputed_cold),
+        "kill_after_s_into_train_policy": kill_after, "stages_run_before_kill": done_before_kill,
+        "resume_after_kill_s": resume_s, "resume_recomputed_stages": recomputed, "resume_stage_s": stage_s})
+
+
+if __name__ == "__main__":
+    main()
