@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs="*", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    common.run_from_snapshot(sys.argv)
     if args.child:
         child(args.files, args.child, args.kill_after)
         return

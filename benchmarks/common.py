@@ -42,6 +42,25 @@ def use_workspace(ws: Path) -> None:
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(ws / "prefect")
 
 
+def run_from_snapshot(argv: list[str]) -> None:
+    """Re-execute this benchmark from a frozen copy of the code, unless already doing so.
+
+    Cache keys include a hash of components/ (a code change must recompute stages), so a benchmark that spans
+    several processes would see spurious recomputation if the checkout changed under it meanwhile (it does on a
+    shared development machine); the copy keeps every process of one run on the same code."""
+    import shutil
+
+    if os.environ.get("BENCH_SNAPSHOT"):
+        return
+    snap = scratch("code")
+    for name in ("components", "tasks", "flows", "benchmarks", "configs"):
+        shutil.copytree(REPO / name, snap / name, ignore=shutil.ignore_patterns("__pycache__"))
+    os.environ["BENCH_SNAPSHOT"] = str(snap)
+    os.environ.setdefault("BENCH_DATA", str(REPO / "data"))
+    script = snap / "benchmarks" / Path(argv[0]).name
+    os.execv(sys.executable, [sys.executable, str(script), *argv[1:]])
+
+
 def scratch(name: str) -> Path:
     root = Path(os.environ.get("BENCH_TMP", "/tmp/benchmarks"))
     root.mkdir(parents=True, exist_ok=True)
@@ -51,7 +70,8 @@ def scratch(name: str) -> Path:
 def bootstrap() -> dict[str, Path]:
     """The embedded default's prompt pool and SFT policy: the repo's `dvc repro` outputs (read only) if built,
     else a small build under the scratch directory."""
-    policy, pool = REPO / "data/bootstrap/policy", REPO / "data/prompts/pool.parquet"
+    data = Path(os.environ.get("BENCH_DATA", REPO / "data"))
+    policy, pool = data / "bootstrap/policy", data / "prompts/pool.parquet"
     if (policy / "config.json").exists() and pool.exists():
         return {"policy": policy, "prompts": pool}
     from components.toy.bootstrap import build_all

@@ -24,6 +24,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}.pass{color:#17692b}.fail{color:#b00020;font-weight:bold}.num{text-align:right}
 img{max-width:100%;border:1px solid #eee}.promote{color:#17692b}.reject{color:#b00020}code{font-size:90%}"""
+PIPELINE = ["sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate", "gate", "version"]
 
 
 def _png(fig) -> str:
@@ -39,7 +40,8 @@ def timings_figure(timings: dict[str, float]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 2.8))
-    stages = list(timings)
+    # pipeline order (the ledger stores them sorted by name)
+    stages = sorted(timings, key=lambda s: PIPELINE.index(s) if s in PIPELINE else len(PIPELINE))
     ax.barh(stages[::-1], [timings[s] for s in stages][::-1], color="#4c72b0")
     ax.set_xlabel("seconds")
     ax.set_title("stage timings (this iteration)")
@@ -67,6 +69,7 @@ def label_mix_figure(mix: dict[int, dict[str, int]]):
 def curves_figure(ledgers: list[dict]):
     """Candidate and champion per iteration on the held-out set: gold and proxy reward, KL to reference, length."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     done = [d for d in ledgers if d.get("status") == "finished"]
     x = [d["iteration"] for d in done]
@@ -81,6 +84,7 @@ def curves_figure(ledgers: list[dict]):
                 ax.axvline(xi, color="#17692b", alpha=0.15, lw=6)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

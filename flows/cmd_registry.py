@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -156,6 +157,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/] {ws.root}: no alignloop workspace here (run `alignloop run` first)")
             raise typer.Exit(2)
         quiet_env(ws.root)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         return ws
 
     @app.command()

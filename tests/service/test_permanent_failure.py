@@ -29,7 +29,7 @@ def test_failed_iteration_keeps_champion_and_next_run_is_fresh(tmp_path, tiny_bo
     version = next(x for x in runs if x.data.tags["alignloop.stage"] == "version")
     assert version.info.status == "FAILED" and "alignloop-remote" in version.data.tags["alignloop.error"]
     gate = next(x for x in runs if x.data.tags["alignloop.stage"] == "gate")
-    assert gate.data.metrics["promote"] == 1.0, "the loose gate should have promoted before version failed"
+    assert gate.data.metrics["gate/promote"] == 1.0, "the loose gate should have promoted before version failed"
     assert str(client.get_registered_model("policy").aliases["champion"]) == "1"  # promotion undone
     assert w.read_ledger(0)["status"] == "failed"
 
