@@ -1,17 +1,19 @@
 """Resume: wall time to re-run an already finished iteration (target ≤ 5 s, zero stages recomputed), and to resume
 an iteration whose process was killed (SIGKILL) during the policy-update stage.
 
-    .venv/bin/python benchmarks/bench_resume.py [--kill-after 1.0]
+    .venv/bin/python benchmarks/bench_resume.py [--kill-after 2.0]
 
 Iteration 0 runs through the flow; its ledger is then marked unfinished (as if the process died after its last
 stage) and the flow re-run, warm (Prefect server already up) and in a fresh process (what `alignloop run` pays).
-Iteration 1 runs in a child process that SIGKILLs itself `--kill-after` seconds into train_policy; this process
-then resumes it. "Recomputed" = stages that opened a new MLflow stage run (a cached stage opens none).
+Iteration 1 runs in a child process that SIGKILLs itself `--kill-after` seconds after the train_policy stage
+function starts (mid-training); this process then resumes it. "Recomputed" = stages that opened a new MLflow
+stage run (a cached stage opens none).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -38,35 +40,47 @@ def _stage_runs(ws: Path, loop: str) -> dict[str, str]:
 
 
 def child(files: list[str], ws: str, kill_after: float | None) -> None:
-    """Run one iteration in this process; with kill_after, SIGKILL ourselves that long into train_policy."""
+    """Run one iteration in this process; with kill_after, SIGKILL ourselves that long after the pure
+    train_policy stage function starts (inside the Prefect task, its MLflow run open)."""
     t0 = time.perf_counter()
+    from components.stages import train_policy
     from flows import iteration
 
-    def listen(stage: str, event: str, _seconds: float) -> None:
-        if kill_after is not None and stage == "train_policy" and event == "start":
-            print(json.dumps({"killed_at_s": time.perf_counter() - t0}), flush=True)
-            threading.Timer(kill_after, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+    if kill_after is not None:
+        stage_fn = train_policy.run
 
-    iteration._listeners.append(listen)
+        def run_then_die(*a, **kw):
+            print(json.dumps({"killed_at_s": time.perf_counter() - t0 + kill_after}), flush=True)
+            threading.Timer(kill_after, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+            return stage_fn(*a, **kw)
+
+        train_policy.run = run_then_die
     s = time.perf_counter()
     iteration.iteration_flow(files, [], ws)
     print(json.dumps({"flow_s": time.perf_counter() - s, "process_s": time.perf_counter() - t0}), flush=True)
 
 
 def run_child(files: list[str], ws: Path, root: Path, kill_after: float | None) -> tuple[int, list[dict]]:
+    """Run `child` in its own process group. A SIGKILLed flow process leaves its ephemeral Prefect server
+    running (orphaned, holding the output pipes), so the group is terminated afterwards and output goes to files."""
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home-child")}  # its own ephemeral server DB
     cmd = [sys.executable, __file__, "--child", str(ws), *(["--kill-after", str(kill_after)] if kill_after else []),
            "--files", *files]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode not in (0, -signal.SIGKILL):
-        raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.returncode, lines
+    out, err = root / "child.out", root / "child.err"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, start_new_session=True)
+        rc = proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)  # the group of the child we started: its leftover server
+    lines = [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
+    if rc not in (0, -signal.SIGKILL):
+        raise RuntimeError(f"child failed ({rc}):\n{err.read_text()[-3000:]}")
+    return rc, lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kill-after", type=float, default=None, help="seconds into train_policy (default 1.0)")
+    ap.add_argument("--kill-after", type=float, default=None, help="seconds into train_policy (default 2.0)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs="*", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -74,7 +88,7 @@ def main() -> None:
     if args.child:
         child(args.files, args.child, args.kill_after)
         return
-    kill_after = 1.0 if args.kill_after is None else args.kill_after
+    kill_after = 2.0 if args.kill_after is None else args.kill_after
     root = common.scratch("resume")
     common.setup_env(root)
     ws = root / "ws"
