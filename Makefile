@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 ITERATIONS ?= 3
 WORKSPACE ?= workspace
 
-.PHONY: install bootstrap demo test lint clean
+.PHONY: install bootstrap demo test test-service lint clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml infra/constraints.txt infra/install.sh
@@ -31,6 +31,9 @@ demo: bootstrap
 
 test: install
 	$(BIN)/python -m pytest tests -q
+
+test-service: install  ## crash-resume, schedule and stack tests (~20 min on 2 cores; not in CI)
+	$(BIN)/python -m pytest tests/service -q -m service
 
 lint: install
 	$(BIN)/ruff check components tasks flows tests benchmarks

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual online RLHF as a gated pipeline.")
-console = Console(width=None if sys.stdout.isatty() else 140)  # logs/pipes: don't squash the table to 80
+console = Console(width=None if sys.stdout.isatty() else 190)  # logs/pipes: don't squash the table to 80
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="ALIGNLOOP_WORKSPACE",
                             help="Where everything a run writes goes (default ./workspace).")
@@ -48,19 +48,20 @@ def _workspace(path: Path | None) -> Path:
 def iteration_table(ledgers: list[dict]) -> Table:
     table = Table(title="alignloop iterations (champion after the gate; win rates: candidate vs champion, 95% CI)")
     for col in ("iter", "gold", "proxy", "KL to ref", "mean len", "win rate proxy", "win rate held-out", "gate",
-                "seconds"):
+                "pairs kept rm/judge/gold/human", "judge calls", "seconds"):
         table.add_column(col, justify="right")
     first = next((d for d in ledgers if d.get("status") == "finished"), None)
     if first:  # the policy the loop started from, as evaluated in the first iteration
         start = first["report"]["champion"]
         gold = "-" if start["gold_reward"] is None else f"{start['gold_reward']:+.3f}"
         table.add_row("start", gold, f"{start['proxy_reward']:+.3f}", f"{start['kl']:.2f}",
-                      f"{start['mean_tokens']:.1f}", "-", "-", "-", "-")
+                      f"{start['mean_tokens']:.1f}", "-", "-", "-", "-", "-", "-")
     for d in ledgers:
         if d.get("status") != "finished":
-            table.add_row(str(d["iteration"]), *["-"] * 6, d.get("status", "?"), "-")
+            table.add_row(str(d["iteration"]), *["-"] * 6, d.get("status", "?"), "-", "-", "-")
             continue
         rep, promoted = d["report"], d["decision"]["promote"]
+        mix = d["outputs"]["preferences"].get("meta", {}).get("label", {})
         champ = rep["candidate"] if promoted else rep["champion"]
 
         def wr(key, rep=rep):
@@ -71,6 +72,8 @@ def iteration_table(ledgers: list[dict]) -> Table:
         table.add_row(str(d["iteration"]), gold, f"{champ['proxy_reward']:+.3f}", f"{champ['kl']:.2f}",
                       f"{champ['mean_tokens']:.1f}", wr("proxy_win_rate"), wr("heldout_win_rate"),
                       "[green]promote[/]" if promoted else "[red]reject[/]",
+                      "/".join(str(int(mix.get(f"kept/{s}", 0))) for s in ("rm_ensemble", "judge", "gold", "human")),
+                      str(int(mix.get("judge_calls", 0))),
                       f"{sum(d['timings'].values()):.0f}")
     return table
 

@@ -24,7 +24,7 @@ from collections import Counter
 import pytest
 from service_helpers import EXE, service_config, service_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 STAGES = ["sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate", "gate", "version"]
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from service_helpers import EXE, service_config, service_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
 def test_failed_iteration_keeps_champion_and_next_run_is_fresh(tmp_path, tiny_bootstrap, prefect_server):

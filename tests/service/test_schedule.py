@@ -13,7 +13,7 @@ import httpx
 import pytest
 from service_helpers import EXE, service_config, service_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
 def _wait_state(api: str, run_id: str, states: set[str], timeout: float) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from components.backends import vllm_backend
 from components.config import GenerateConfig
@@ -104,8 +103,7 @@ def test_vllm_engine_is_built_from_the_checkpoint_it_is_given(tiny_factory, tmp_
     for col in ("rollout_id", "prompt_id", "prompt", "policy_version", "seed"):
         assert ta[col].equals(hf_table[col]), col
     # text rule and token count as hf: completion starts with a space, num_tokens counts eos when it stopped
-    for prompt, completion, n in zip(ta["prompt"].to_pylist(), ta["completion"].to_pylist(),
-                                     ta["num_tokens"].to_pylist()):
+    for completion, n in zip(ta["completion"].to_pylist(), ta["num_tokens"].to_pylist()):
         assert completion.startswith(" ") and "<eos>" not in completion
         words = len(completion.split())
         assert n in (words, words + 1) and words <= 6

@@ -28,7 +28,7 @@ def test_command_passes_settings_through(tmp_path):
     assert "--num_processes 2" in line and "--mixed_precision bf16" in line
     assert f"--use_deepspeed --deepspeed_config_file {ds.resolve()}" in line and "--main_process_port 29555" in line
     assert cmd[-3:] == ["-m", "components.backends.launch", str(tmp_path / "job.json")]
-    with pytest.raises(FileNotFoundError, match="train_launch.deepspeed_config"):
+    with pytest.raises(FileNotFoundError, match=r"train_launch\.deepspeed_config"):
         accelerate_command(cfg.model_copy(update={"deepspeed_config": str(tmp_path / "missing.json")}), tmp_path)
 
 
