@@ -118,13 +118,13 @@ def _hand_logprob(model, tok, prompt: str, completion: str) -> float:
     import torch
 
     ids = tok(prompt)["input_ids"]
-    targets = tok(prompt + completion)["input_ids"][len(ids) :] + [tok.eos_token_id]
+    targets = [*tok(prompt + completion)["input_ids"][len(ids):], tok.eos_token_id]
     total = 0.0
     for t in targets:
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         total += torch.log_softmax(logits.double(), -1)[t].item()
-        ids = ids + [t]
+        ids = [*ids, t]
     return total
 
 

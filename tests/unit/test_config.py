@@ -42,7 +42,7 @@ def test_frozen_and_gold_requirement(tmp_path):
 def test_bad_yaml_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "a: [\n"))
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         load_config(write(tmp_path, "{}"), ["novalue"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
