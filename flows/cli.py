@@ -30,7 +30,7 @@ def quiet_env(workspace: Path) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING",
         # the rich progress display replaces library progress bars and load reports
-        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_LOGGING_LEVEL": "WARNING",
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         # torch's default of one thread per core was ~10x slower for tiny models on 2-core VMs
         "OMP_NUM_THREADS": "1",
