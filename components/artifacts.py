@@ -77,6 +77,14 @@ class ArtifactStore:
             self._fetch(ref.uri)
         return local
 
+    def uri(self, ref: ArtifactRef) -> str:
+        """Where others find the artifact (what the model registry records): the S3 object prefix when the store
+        is mirrored (a tracking server only accepts local sources inside a run's artifact directory), else the
+        local file URI."""
+        if self.remote is None:
+            return (self.root / ref.uri).as_uri()
+        return f"s3://{self.remote.bucket}/{self.remote._key(ref.uri)}"
+
     def _fetch(self, rel: str) -> None:
         with self.staging_dir() as d:
             self.remote.download(rel, d / "x")

@@ -56,27 +56,24 @@ def _git_sha() -> str:
 
 
 def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id: str) -> tuple[ArtifactRef, str]:
-    """The champion when the loop starts: registered once as version 1 with alias `champion`."""
+    """The champion when the loop starts: registered once as version 1 with alias `champion`. Returns its ref
+    and the path the loop loads it from (in the store, or the hub id)."""
     if Path(source).is_dir():
         with store.staging_dir() as d:
             import shutil
 
             shutil.copytree(source, d / "p")
             ref = store.put_dir("policy", d / "p", meta={"iteration": -1, "origin": source})
-        uri = store.path(ref).as_uri()
+        uri, load = store.uri(ref), str(store.path(ref))
     else:  # a hub id: the registry points at it; its identity is its name
         import hashlib
 
         ref = ArtifactRef(kind="policy", sha256=hashlib.sha256(source.encode()).hexdigest(), uri=source)
-        uri = source
+        uri = load = source
     version = tracker.register(POLICY, ref, uri, run_id, {"alignloop.iteration": "-1", "alignloop.gate": "initial"})
     if tracker.alias(POLICY, "champion") is None:
         tracker.set_alias(POLICY, "champion", version)
-    return ref, uri
-
-
-def _source_path(uri: str) -> str:
-    return uri.removeprefix("file://")
+    return ref, load
 
 
 def _restore_champion(tracker: Tracker, ledger: dict) -> None:
@@ -121,7 +118,7 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs
             pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
                                        meta={"origin": cfg.prompt_pool})
-            init_ref, init_uri = _initial_policy(store, tracker, cfg.policy_init, parent)
+            init_ref, init_path = _initial_policy(store, tracker, cfg.policy_init, parent)
             champ = tracker.alias(POLICY, "champion")
             sha = champ.tags[TAG_SHA]
             champ_ref = init_ref if sha == init_ref.sha256 else store.ref("policy", sha)
@@ -129,8 +126,11 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
             prev = next((d for d in reversed(ws.ledgers()) if d["iteration"] < i and d.get("status") == "finished"),
                         None)
             ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(),
-                               "initial_source": _source_path(init_uri), "champion": champ_ref.model_dump(),
-                               "champion_source": _source_path(champ.source), "champion_version": champ.version,
+                               "initial_source": init_path, "champion": champ_ref.model_dump(),
+                               # the loop loads through the store (fetching from S3 when mirrored), not from the
+                               # registry's source URI, which is for consumers outside the loop
+                               "champion_source": init_path if champ_ref is init_ref else str(store.path(champ_ref)),
+                               "champion_version": champ.version,
                                "reward_model": prev["outputs"]["reward_model"] if prev else None}
             # human labels imported since (alignloop labels import) join this iteration's preferences, once
             from components.human_queue import pending_imports

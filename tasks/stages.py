@@ -200,7 +200,7 @@ def train_reward_task(ctx: RunContext, cfg: C.RewardConfig, preferences: list[Ar
             return previous
         run.outputs({"reward_model": ref})
         ctx.tracker().client.set_tag(run.run_id, "alignloop.rm_decision", "registered")
-        version = ctx.tracker().register(REWARD_MODEL, ref, store.path(ref).as_uri(), run.run_id,
+        version = ctx.tracker().register(REWARD_MODEL, ref, store.uri(ref), run.run_id,
                                          {"alignloop.iteration": str(ctx.iteration)})
         ctx.tracker().set_alias(REWARD_MODEL, "champion", version)
     return ref
@@ -263,7 +263,7 @@ def gate_task(ctx: RunContext, report: ArtifactRef, candidate: ArtifactRef) -> d
     decision = store.read_json(report)["gate"]
     tracker = ctx.tracker()
     with ctx.stage("gate", None, {"eval_report": report, "candidate": candidate}) as run:
-        version = tracker.register(POLICY, candidate, store.path(candidate).as_uri(), run.run_id,
+        version = tracker.register(POLICY, candidate, store.uri(candidate), run.run_id,
                                    {"alignloop.iteration": str(ctx.iteration),
                                     "alignloop.gate": "promote" if decision["promote"] else "reject"})
         tracker.set_alias(POLICY, "candidate", version)
