@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from service_helpers import EXE, service_config
 
-pytestmark = [pytest.mark.service, pytest.mark.stack, pytest.mark.slow]
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
