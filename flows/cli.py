@@ -141,7 +141,7 @@ def status(workspace: Path = WorkspaceOpt):
 
     client = _client(ws.tracking_uri)
     for name in (POLICY, REWARD_MODEL):
-        aliases = client.get_registered_model(name).aliases if ledgers else {}
+        aliases = client.get_registered_model(name).aliases
         console.print(f"{name}: " + ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())))
     console.print(iteration_table(ledgers))
     for d in ledgers[-3:]:

@@ -110,10 +110,11 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
     if ledger["config_hash"] != chash:
         raise ValueError(f"iteration {i} was started with config {ledger['config_hash']}, now {chash}: "
                          "resume it with the same config (or remove ledger/iter-*.json to start it afresh)")
-    parent = tracker.iteration_run(i, cfg.name, {"config_hash": chash, "git_sha": _git_sha()},
+    git_sha = _git_sha()
+    parent = tracker.iteration_run(i, cfg.name, {"config_hash": chash, "git_sha": git_sha},
                                    {"config": cfg.model_dump_json()})
     ctx = t.RunContext(workspace=str(ws.root), workspace_id=ws.instance_id, loop=cfg.name, iteration=i,
-                       seed=cfg.seed, parent_run_id=parent, config_hash=chash, git_sha=_git_sha())
+                       seed=cfg.seed, parent_run_id=parent, config_hash=chash, git_sha=git_sha)
     try:
         if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs
             pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
