@@ -32,7 +32,7 @@ demo: bootstrap
 test: install
 	$(BIN)/python -m pytest tests -q
 
-test-service: install  ## crash-resume, schedule and permanent-failure tests (~15-20 min on 2 cores; not in CI)
+test-service: install  ## only the crash-resume, schedule and permanent-failure tests (part of `make test` too)
 	$(BIN)/python -m pytest tests/service -q -m service
 
 lint: install

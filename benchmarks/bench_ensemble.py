@@ -1,12 +1,13 @@
-"""Ensemble scoring cost: K separate reward models vs one member, on the same (prompt, completion) pairs.
+"""Ensemble scoring cost: K separate reward models vs one shared-backbone model with K heads, vs one member.
 
     .venv/bin/python benchmarks/bench_ensemble.py [--members 4 --pairs 256 --repeats 3]
 
-Members are `save_pretrained` sequence-classification models on the embedded default's policy backbone (scoring
-cost does not depend on the weights' values). K=1, 2, .., K alternate within each repeat; medians reported, for
-scoring alone and for load + scoring (what the label stage pays per iteration). This measures the separate-models
-ensemble (`components.backends.hf.RewardEnsemble`); a shared-backbone ensemble (one trunk, K heads; target ≤ 1.5×
-for K=4) is another issue's work and is not measured here.
+Separate members are `save_pretrained` num_labels=1 sequence-classification models on the embedded default's
+policy backbone; the shared ensemble is one num_labels=K model on the same backbone (what
+`train_reward.shared_backbone` saves as `shared/`). Scoring cost does not depend on the weights' values. All
+variants (one member; K = 2 .. K separate; K = 2 .. K shared) alternate within each repeat, on the same
+(prompt, completion) pairs through `components.backends.hf.RewardEnsemble`; medians reported, for scoring alone
+and for load + scoring (what the label stage pays per iteration). Target: shared K=4 ≤ 1.5× one member.
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ import time
 import common
 
 
-def build_members(policy: str, k: int, out) -> list[str]:
+def build(policy: str, heads: int, path) -> str:
+    """A reward model with `heads` score heads (1 = a separate member) on the policy's trunk."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(policy)
-    paths = []
-    for i in range(k):
-        torch.manual_seed(i)
-        model = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1)
-        model.config.pad_token_id = tok.pad_token_id
-        path = out / f"member-{i}"
-        model.save_pretrained(str(path))
-        tok.save_pretrained(str(path))
-        paths.append(str(path))
-    return paths
+    torch.manual_seed(heads)
+    model = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=heads)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
 
 
 def main() -> None:
@@ -51,39 +49,43 @@ def main() -> None:
     from components.stages import generate
 
     boot = common.bootstrap()
-    paths = build_members(str(boot["policy"]), args.members, root)
+    ks = sorted({2, args.members})
+    separate = [build(str(boot["policy"]), 1, root / f"member-{i}") for i in range(args.members)]
+    variants = {"one member": (1, separate[:1])}  # name -> (K, paths)
+    variants |= {f"K={k} separate": (k, separate[:k]) for k in ks}
+    variants |= {f"K={k} shared": (k, [build(str(boot["policy"]), k, root / f"shared-{k}")]) for k in ks}
     n_prompts = max(1, args.pairs // 4)
     prompts = pq.read_table(boot["prompts"]).slice(0, n_prompts)
     rollouts, _ = generate.run(GenerateConfig(samples_per_prompt=4, max_new_tokens=32), prompts, str(boot["policy"]),
                                policy_sha="bench", seed=0)
     p, c = rollouts["prompt"].to_pylist(), rollouts["completion"].to_pylist()
 
-    ks = sorted({1, 2, args.members})
-    score_s = {k: [] for k in ks}
-    total_s = {k: [] for k in ks}
+    score_s = {v: [] for v in variants}
+    total_s = {v: [] for v in variants}
     for _ in range(args.repeats):
-        for k in ks:
+        for name, (k, paths) in variants.items():
             s = time.perf_counter()
-            ens = RewardEnsemble(paths[:k])
+            ens = RewardEnsemble(paths)
             loaded = time.perf_counter()
             r = ens.score(p, c)
             done = time.perf_counter()
             assert r.shape == (k, len(p))
-            score_s[k].append(done - loaded)
-            total_s[k].append(done - s)
-    med = {k: (statistics.median(score_s[k]), statistics.median(total_s[k])) for k in ks}
-    print(f"{len(p)} completions scored, separate member models (median of {args.repeats}):")
-    for k in ks:
-        print(f"  K={k}: score {med[k][0]:.3f} s ({med[k][0] / med[1][0]:.2f}× one member), load+score "
-              f"{med[k][1]:.3f} s ({med[k][1] / med[1][1]:.2f}×)")
-    print(f"K={args.members} separate models cost {med[args.members][0] / med[1][0]:.2f}× one member to score "
-          "(the ≤ 1.5× target is for the shared-backbone ensemble, not built here)")
+            score_s[name].append(done - loaded)
+            total_s[name].append(done - s)
+    med = {v: (statistics.median(score_s[v]), statistics.median(total_s[v])) for v in variants}
+    one = med["one member"]
+    print(f"{len(p)} completions scored (median of {args.repeats}):")
+    for v, (sc, tot) in med.items():
+        print(f"  {v:>14}: score {sc:.3f} s ({sc / one[0]:.2f}× one member), load+score {tot:.3f} s "
+              f"({tot / one[1]:.2f}×)")
+    k = args.members
+    print(f"K={k}: shared backbone {med[f'K={k} shared'][0] / one[0]:.2f}× one member to score (target ≤ 1.5×), "
+          f"separate models {med[f'K={k} separate'][0] / one[0]:.2f}×")
     common.emit("ensemble", {
         "completions": len(p), "repeats": args.repeats,
-        "score_s": {k: v[0] for k, v in med.items()}, "load_and_score_s": {k: v[1] for k, v in med.items()},
-        "ratio_score_vs_one": {k: v[0] / med[1][0] for k, v in med.items()},
-        "ratio_load_and_score_vs_one": {k: v[1] / med[1][1] for k, v in med.items()},
-        "shared_backbone": "not measured (another issue)"})
+        "score_s": {v: x[0] for v, x in med.items()}, "load_and_score_s": {v: x[1] for v, x in med.items()},
+        "ratio_score_vs_one": {v: x[0] / one[0] for v, x in med.items()},
+        "ratio_load_and_score_vs_one": {v: x[1] / one[1] for v, x in med.items()}})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 ledger) vs the same stage functions in a plain Python loop with no tracking. Target: per-iteration overhead
 ≤ 3% of the iteration's wall time.
 
-    .venv/bin/python benchmarks/bench_orchestration.py [--repeats 2]
+    .venv/bin/python benchmarks/bench_orchestration.py [--repeats 2] [--small]
+
+The iteration is the embedded default's first (configs/tiny.yaml; `--small` layers benchmarks/small.yaml for a
+~5 s iteration, on which any fixed cost looks large). The flow runs twice per repeat: with `report: false` and
+with the default per-iteration HTML report (`report: true`), so the report's cost is reported apart.
 
 One-time start-up is measured apart: importing prefect/mlflow/dvc, the ephemeral Prefect server (first flow
 run), creating a workspace (MLflow database, DVC repo), and one untimed plain iteration that absorbs lazy imports
@@ -22,6 +26,7 @@ import common
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--small", action="store_true", help="layer benchmarks/small.yaml (a ~5 s iteration)")
     args = ap.parse_args()
     root = common.scratch("orchestration")
     common.setup_env(root)
@@ -30,6 +35,7 @@ def main() -> None:
     s = time.perf_counter()
     import dvc.repo  # noqa: F401
     import mlflow  # noqa: F401
+    import networkx  # noqa: F401  (dvc imports it lazily on the first `add`)
     from prefect import flow
 
     from components.config import load_config
@@ -44,48 +50,57 @@ def main() -> None:
     noop()  # starts the ephemeral Prefect server
     server_start = time.perf_counter() - s
 
-    files = common.config_files(root)
-    cfg = load_config(files)
+    files = {"off": common.config_files(root, small=args.small, name="report-off", report=False),
+             "on": common.config_files(root, small=args.small, name="report-on", report=True)}
+    cfg = load_config(files["off"])
     s = time.perf_counter()
     common.plain_iteration(cfg, root / "warm-up")  # lazy imports and first-call costs land here, untimed
     warm_up = time.perf_counter() - s
-    plain, flowed, stage_gap, ws_init = [], [], [], []
+    plain: list[float] = []
+    flowed: dict[str, list[float]] = {"off": [], "on": []}
+    stage_gap: list[dict[str, float]] = []
+    ws_init: list[float] = []
     for r in range(args.repeats):
-        work = root / f"plain-{r}"
         s = time.perf_counter()
-        t_plain = common.plain_iteration(cfg, work)
+        t_plain = common.plain_iteration(cfg, root / f"plain-{r}")
         plain.append(time.perf_counter() - s)
+        for report in ("off", "on"):
+            ws = root / f"ws-{r}-report-{report}"
+            common.use_workspace(ws)
+            s = time.perf_counter()
+            common.prepare_workspace(ws, cfg.name)
+            ws_init.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            ledger = iteration_flow(files[report], [], str(ws))
+            flowed[report].append(time.perf_counter() - s)
+            if report == "off":
+                stage_gap.append({k: ledger["timings"].get(k, 0.0) - t_plain.get(k, 0.0) for k in ledger["timings"]})
+        print(f"repeat {r}: plain {plain[-1]:.1f} s, flow {flowed['off'][-1]:.1f} s, flow + report "
+              f"{flowed['on'][-1]:.1f} s (stages: {', '.join(f'{k} {v:+.2f}' for k, v in stage_gap[-1].items())})",
+              flush=True)
 
-        ws = root / f"ws-{r}"
-        common.use_workspace(ws)
-        s = time.perf_counter()
-        common.prepare_workspace(ws, cfg.name)
-        ws_init.append(time.perf_counter() - s)
-        s = time.perf_counter()
-        ledger = iteration_flow(files, [], str(ws))
-        flowed.append(time.perf_counter() - s)
-        stage_gap.append({k: ledger["timings"].get(k, 0.0) - t_plain.get(k, 0.0) for k in ledger["timings"]})
-        print(f"repeat {r}: plain {plain[-1]:.1f} s, flow {flowed[-1]:.1f} s "
-              f"(stages: {', '.join(f'{k} {v:+.2f}' for k, v in stage_gap[-1].items())})", flush=True)
-
-    p, f = statistics.median(plain), statistics.median(flowed)
-    overhead = f - p
+    p = statistics.median(plain)
+    f = {k: statistics.median(v) for k, v in flowed.items()}
     per_stage = {k: statistics.median(g[k] for g in stage_gap) for k in stage_gap[0]}
     print(f"\none-time start-up: ML imports {imports_ml:.1f} s, prefect+mlflow+dvc imports {imports_orch:.1f} s, "
           f"ephemeral Prefect server {server_start:.1f} s, new workspace {statistics.median(ws_init):.1f} s, "
           f"untimed warm-up iteration {warm_up:.1f} s")
-    print(f"per iteration (median of {args.repeats}): plain loop {p:.2f} s, Prefect flow {f:.2f} s, "
-          f"overhead {overhead:+.2f} s = {100 * overhead / f:+.1f}% of the flow's wall time (target ≤ 3%), "
-          f"ratio flow/plain {f / p:.3f}")
-    print("flow − plain per stage (s): " + ", ".join(f"{k} {v:+.2f}" for k, v in per_stage.items()))
+    result = {}
+    for k, label in (("off", "Prefect flow, report: false"), ("on", "Prefect flow, report: true (default)")):
+        over = f[k] - p
+        print(f"per iteration (median of {args.repeats}): plain loop {p:.2f} s, {label} {f[k]:.2f} s, overhead "
+              f"{over:+.2f} s = {100 * over / f[k]:+.1f}% of the flow's wall time (target ≤ 3%), "
+              f"ratio flow/plain {f[k] / p:.3f}")
+        result[f"report_{k}"] = {"flow_s": f[k], "overhead_s": over, "overhead_pct_of_iteration": 100 * over / f[k],
+                                 "ratio_flow_over_plain": f[k] / p, "flow_runs_s": flowed[k]}
+    print("flow (report: false) − plain per stage (s): " + ", ".join(f"{k} {v:+.2f}" for k, v in per_stage.items()))
     common.emit("orchestration", {
-        "repeats": args.repeats, "plain_s": p, "flow_s": f, "overhead_s": overhead,
-        "overhead_pct_of_iteration": 100 * overhead / f, "ratio_flow_over_plain": f / p,
+        "repeats": args.repeats, "config": "small" if args.small else "embedded default", "plain_s": p, **result,
         "per_stage_overhead_s": per_stage, "startup_s": {"ml_imports": imports_ml, "orchestration_imports":
                                                           imports_orch, "prefect_server": server_start,
                                                           "workspace_init": statistics.median(ws_init),
                                                           "warm_up_plain_iteration": warm_up},
-        "plain_runs_s": plain, "flow_runs_s": flowed})
+        "plain_runs_s": plain})
 
 
 if __name__ == "__main__":

@@ -79,13 +79,14 @@ def bootstrap() -> dict[str, Path]:
     return build_all(scratch("bootstrap"), {"train": {"steps": 300}, "corpus": {"n_reviews": 4000}})
 
 
-def config_files(out_dir: Path, **overrides) -> list[str]:
-    """configs/tiny.yaml + benchmarks/small.yaml + a file with the data paths and `overrides` (nested dicts)."""
+def config_files(out_dir: Path, small: bool = True, name: str = "bench", **overrides) -> list[str]:
+    """configs/tiny.yaml (+ benchmarks/small.yaml if `small`) + a file `<name>.yaml` with the data paths and
+    `overrides` (nested dicts)."""
     boot = bootstrap()
     extra = {"policy_init": str(boot["policy"]), "prompt_pool": str(boot["prompts"]), **overrides}
-    path = out_dir / "bench.yaml"
+    path = out_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(extra))
-    return [str(REPO / "configs/tiny.yaml"), str(SMALL), str(path)]
+    return [str(REPO / "configs/tiny.yaml"), *([str(SMALL)] if small else []), str(path)]
 
 
 def peak_rss_mb() -> float:

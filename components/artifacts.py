@@ -106,6 +106,9 @@ class ArtifactStore:
         dest = self.root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
+            from components.lineage import fault_point  # lineage imports this module: import at call time
+
+            fault_point(f"publish:{kind}")  # crash tests die here: written in full to staging, not yet visible
             try:
                 os.rename(staged, dest)  # atomic on one filesystem: the artifact appears whole or not at all
             except OSError:

@@ -167,6 +167,12 @@ class RewardConfig(_Frozen):
     max_length: int = Field(64, ge=8)
     heldout_frac: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for pair accuracy.")
     bootstrap: bool = Field(True, description="Each member trains on a bootstrap resample (diversity).")
+    shared_backbone: bool = Field(
+        False, description="One model with a shared trunk and K linear heads (saved as `shared/`, num_labels=K)"
+        " instead of K separate models: one training and ~one member's scoring cost; heads differ by"
+        " initialisation and Poisson(1) bootstrap weights per pair. Warm start reuses the previous ensemble's first"
+        " model (its trunk; its heads too when it has K). Off by default: see benchmarks/README.md §3."
+    )
     warm_start: bool = Field(
         True, description="Start member k from the previous ensemble's member k (mod its size) instead of `init`."
     )
@@ -356,6 +362,22 @@ class LaunchConfig(_Frozen):
     )
 
 
+class FanoutConfig(_Frozen):
+    """Where the reward ensemble's members train: one after another inside the train_reward task (local), or in
+    parallel as Prefect tasks on Ray through prefect-ray's RayTaskRunner (tasks/fanout.py; extra `ray`)."""
+
+    task_runner: Literal["local", "ray"] = Field(
+        "local", description="local: members train sequentially in the train_reward task; ray: one Ray task each."
+    )
+    ray_address: str | None = Field(
+        None, description="ray: null = start a private local Ray instance for the fan-out and stop it after; 'auto' ="
+        " join the cluster this machine is part of (`ray start`); 'ray://HEAD:10001' = a remote cluster (Ray Client)."
+        " Workers read/write the workspace: same machine or a shared filesystem."
+    )
+    num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per member task (node CPUs / it = parallelism).")
+    num_gpus: float = Field(0.0, ge=0, description="ray: GPUs reserved per member task (1 = one member per GPU).")
+
+
 class LoopConfig(_Frozen):
     """A whole continual-RLHF loop: models, data, and one config per stage."""
 
@@ -375,6 +397,17 @@ class LoopConfig(_Frozen):
     train_policy: PolicyConfig = PolicyConfig()
     evaluate: EvalConfig = EvalConfig()
     train_launch: LaunchConfig = LaunchConfig()
+    fanout: FanoutConfig = FanoutConfig()
+    report: bool = Field(
+        True, description="Render the HTML iteration report (matplotlib; ~1-2 s per iteration plus ~3 s of imports "
+        "once per process on a 2-core CPU) at the end of every iteration and log it to the iteration's MLflow run. "
+        "Off: `alignloop report N` renders any finished iteration later from the ledger and store.")
+
+    @model_validator(mode="after")
+    def _fanout_in_process(self) -> LoopConfig:
+        if self.fanout.task_runner == "ray" and self.train_launch.mode != "in_process":
+            raise ValueError("fanout.task_runner='ray' needs train_launch.mode='in_process' (Ray runs the members)")
+        return self
 
     @model_validator(mode="after")
     def _gold_needed(self) -> LoopConfig:

@@ -73,6 +73,10 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
+    def finish_iteration(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """The iteration's summary metrics and tags in one request."""
+        _log_batch(self.client, run_id, [(k, v, 0) for k, v in metrics.items()], tags)
+
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
             self.client.set_tag(run_id, "alignloop.error", error[-4000:])
@@ -165,15 +169,32 @@ class Tracker:
         """The gate decision on a run: JSON + Markdown table as artifacts, each check's value as a metric."""
         self.client.log_dict(run_id, decision, "gate/decision.json")
         self.client.log_text(run_id, table_markdown, "gate/decision.md")
-        self.client.set_tag(run_id, "alignloop.gate_reasons", "; ".join(decision["reasons"]) or "all passed")
-        for c in decision["checks"]:
-            if math.isfinite(c["value"]):
-                self.client.log_metric(run_id, f"gate/{c['name']}", c["value"])
+        _log_batch(self.client, run_id, [(f"gate/{c['name']}", c["value"], 0) for c in decision["checks"]],
+                   {"alignloop.gate_reasons": "; ".join(decision["reasons"]) or "all passed"})
+
+
+def _log_batch(client, run_id: str, metrics: list[tuple[str, float, int]], tags: dict[str, str] | None = None
+               ) -> None:
+    """(key, value, step) metrics and tags in as few requests as MLflow allows (1000 metrics / 100 tags each);
+    NaN/inf are skipped (some stores reject them). One request per value cost ~50 ms each here."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, step) for k, v, step in metrics
+          if isinstance(v, (int, float)) and math.isfinite(v)]
+    ts = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(ms), 1), 1000):
+        if ms[i:i + 1000] or (i == 0 and ts):
+            client.log_batch(run_id, metrics=ms[i:i + 1000], tags=ts if i == 0 else [])
 
 
 def fault_point(name: str) -> None:
     """Crash-test hook: when $ALIGNLOOP_FAULT_POINT equals `name`, the process SIGKILLs itself here, so a test can
-    prove that dying between two registry writes is survivable. Only tests set it; unset, this does nothing."""
+    prove that dying there is survivable: between two registry writes (`promote:*`, `rollback:*`), at the end of a
+    stage body (`stage:<name>:end`), or between an artifact's staged write and its rename (`publish:<kind>`).
+    Only tests set it; unset, this does nothing."""
     if os.environ.get("ALIGNLOOP_FAULT_POINT") == name:
         import signal
 
@@ -185,20 +206,16 @@ class StageRun:
         self.client, self.run_id, self.stage = client, run_id, stage
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Namespaced `stage/metric`; NaN/inf are skipped (MLflow rejects them on some stores)."""
-        import time
+        """Namespaced `stage/metric`, one request."""
+        self.log_history([{**metrics, "step": step or 0}])
 
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k if "/" in k else f"{self.stage}/{k}", float(v), now, step or 0)
-                 for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+    def log_history(self, rows: list[dict[str, float]]) -> None:
+        """Metric trajectories (each row: metrics at row["step"]) in one request per 1000 values."""
+        _log_batch(self.client, self.run_id, [(k if "/" in k else f"{self.stage}/{k}", v, int(r["step"]))
+                                              for r in rows for k, v in r.items() if k != "step"])
 
     def outputs(self, refs: dict[str, ArtifactRef]) -> None:
-        for k, ref in refs.items():
-            self.client.set_tag(self.run_id, f"output.{k}", ref.sha256)
+        _log_batch(self.client, self.run_id, [], {f"output.{k}": ref.sha256 for k, ref in refs.items()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

@@ -23,6 +23,17 @@ WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="ALIGNLOOP_WORKSPA
                             help="Where everything a run writes goes (default ./workspace).")
 
 
+@app.callback()
+def _load_env_file(env_file: Path = typer.Option(
+        Path(".env"), "--env-file", envvar="ALIGNLOOP_ENV_FILE",
+        help="Read secrets and settings (S3 keys, judge API keys, MLFLOW_TRACKING_URI, ...) from this file into the "
+             "environment when it exists; variables already set win. Keep it git-ignored.")) -> None:
+    if env_file.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(env_file, override=False)
+
+
 def quiet_env(workspace: Path) -> None:
     """Offline, telemetry off, CPU threads that don't thrash; Prefect results persisted in the workspace."""
     defaults = {

@@ -124,6 +124,15 @@ def chain(ws: Workspace, spec: str) -> list[dict]:
     return out
 
 
+def load_path(store: ArtifactStore, mv) -> str:
+    """Where to load a registered policy from: through the store by its content hash (fetched from the S3 mirror
+    when this machine lacks it, whatever the registry's source URI says), else the source itself (a hub id)."""
+    try:
+        return str(store.path(store.ref("policy", mv.tags[TAG_SHA])))
+    except (KeyError, FileNotFoundError):  # not a store artifact: a hub id registered as the initial policy
+        return mv.source.removeprefix("file://")
+
+
 def regate(ws: Workspace, tracker: Tracker, version: str) -> dict:
     """Evaluate `version` against the current champion with the stored machinery and config of the last iteration
     (its prompt pool, reference policy and reward-model ensemble); returns the gate decision."""
@@ -138,10 +147,10 @@ def regate(ws: Workspace, tracker: Tracker, version: str) -> dict:
     champ = tracker.alias(POLICY, "champion")
     prompts = evaluate.heldout_prompts(store.read_table(ArtifactRef(**last["start"]["pool"])),
                                        cfg.evaluate.n_prompts, cfg.seed)
-    path = lambda mv: mv.source.removeprefix("file://")  # noqa: E731
+    initial = tracker.version_by_sha(POLICY, last["start"]["initial"]["sha256"])
     _, report = evaluate.run(cfg.evaluate, cfg.generate, prompts,
-                             candidate_path=path(tracker.client.get_model_version(POLICY, version)),
-                             champion_path=path(champ), ref_path=last["start"]["initial_source"],
+                             candidate_path=load_path(store, tracker.client.get_model_version(POLICY, version)),
+                             champion_path=load_path(store, champ), ref_path=load_path(store, initial),
                              reward_models=_members(store, ArtifactRef(**last["outputs"]["reward_model"])),
                              gold=_gold(cfg.gold), aggregation=cfg.label.aggregation, uw_lambda=cfg.label.uw_lambda,
                              seed=cfg.seed)
@@ -153,7 +162,8 @@ def register(app: typer.Typer) -> None:
 
     def open_ws(workspace) -> Workspace:
         ws = Workspace.at(_workspace(workspace))
-        if not (ws.root / "mlflow.db").exists():  # never create a tracking store just to find it empty
+        # never create a tracking store just to find it empty (a tracking server, from the env, is not ours to judge)
+        if not os.environ.get("MLFLOW_TRACKING_URI") and not (ws.root / "mlflow.db").exists():
             console.print(f"[red]error:[/] {ws.root}: no alignloop workspace here (run `alignloop run` first)")
             raise typer.Exit(2)
         quiet_env(ws.root)

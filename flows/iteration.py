@@ -131,7 +131,7 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
                                # the loop loads through the store (fetching from S3 when mirrored), not from the
                                # registry's source URI, which is for consumers outside the loop
                                "champion_source": init_path if champ_ref is init_ref else str(store.path(champ_ref)),
-                               "champion_version": champ.version,
+                               "champion_version": str(champ.version),  # int from SQLite, str from a server
                                "reward_model": prev["outputs"]["reward_model"] if prev else None}
             # human labels imported since (alignloop labels import) join this iteration's preferences, once
             from components.human_queue import pending_imports
@@ -158,7 +158,7 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         rm, timings["train_reward"] = _stage("train_reward", t.train_reward_task, ctx=ctx, cfg=cfg.train_reward,
                                              preferences=[*history, prefs],
                                              init=cfg.train_reward.init or s["initial_source"],
-                                             launch=cfg.train_launch, previous=rm_prev)
+                                             launch=cfg.train_launch, previous=rm_prev, fanout=cfg.fanout)
         candidate, timings["train_policy"] = _stage(
             "train_policy", t.train_policy_task, ctx=ctx, cfg=cfg.train_policy, preferences=prefs, policy=champion,
             policy_source=s["champion_source"], reference_source=reference, launch=cfg.train_launch,
@@ -180,12 +180,12 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
     ledger.update(status="finished", outputs={k: v.model_dump() for k, v in outputs.items()}, decision=decision,
                   data_rev=data_rev, report=store.read_json(report))
     ws.write_ledger(i, ledger)
-    for k, v in timings.items():
-        tracker.client.log_metric(parent, f"timing/{k}_s", v)
-    tracker.client.set_tag(parent, "alignloop.gate", "promote" if decision["promote"] else "reject")
-    from components.report import write_report  # matplotlib: only once the iteration is done
+    tracker.finish_iteration(parent, {f"timing/{k}_s": v for k, v in timings.items()},
+                             {"alignloop.gate": "promote" if decision["promote"] else "reject"})
+    if cfg.report:
+        from components.report import write_report  # matplotlib: only once the iteration is done
 
-    tracker.client.log_artifact(parent, str(write_report(ws, i, cfg.name)), "report")
+        tracker.client.log_artifact(parent, str(write_report(ws, i, cfg.name)), "report")
     tracker.end_run(parent)
     return ledger
 

@@ -25,6 +25,7 @@ from components.backends.launch import run_stage
 from components.lineage import POLICY, REWARD_MODEL, Tracker, fault_point
 from components.stages import evaluate, generate, label, sample_prompts
 from components.workspace import Workspace
+from tasks.fanout import ray_map
 
 
 class RunContext(BaseModel):
@@ -49,7 +50,7 @@ class RunContext(BaseModel):
         return ArtifactStore(self.ws.store)
 
     def tracker(self) -> Tracker:
-        return Tracker(self.ws.tracking_uri, self.ws.artifact_root, self.loop)
+        return _tracker(self.ws.tracking_uri, self.ws.artifact_root, self.loop)
 
     @contextlib.contextmanager
     def stage(self, name: str, cfg: BaseModel | None, inputs: dict[str, ArtifactRef]):
@@ -60,6 +61,12 @@ class RunContext(BaseModel):
             yield run
             # Crash tests die here: outputs published and registered, run not yet FINISHED nor cached.
             fault_point(f"stage:{name}:end")
+
+
+@lru_cache(maxsize=8)
+def _tracker(tracking_uri: str, artifact_root: str, loop: str) -> Tracker:
+    """One client per loop and process: a Tracker looks its experiment up when made (a request each time)."""
+    return Tracker(tracking_uri, artifact_root, loop)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -106,7 +113,7 @@ def _members(store: ArtifactStore, ensemble: ArtifactRef | None) -> list[str] | 
     if ensemble is None:
         return None
     root = store.path(ensemble)
-    return [str(p) for p in sorted(root.glob("member-*"))]
+    return [str(p) for p in sorted([*root.glob("member-*"), *root.glob("shared")])]  # shared: one K-head model
 
 
 @stage_task
@@ -180,16 +187,18 @@ def label_task(ctx: RunContext, cfg: C.LabelConfig, rollouts: ArtifactRef, rewar
 
 @stage_task
 def train_reward_task(ctx: RunContext, cfg: C.RewardConfig, preferences: list[ArtifactRef], init: str,
-                      launch: C.LaunchConfig = C.LaunchConfig(), previous: ArtifactRef | None = None
-                      ) -> ArtifactRef:
+                      launch: C.LaunchConfig = C.LaunchConfig(), previous: ArtifactRef | None = None,
+                      fanout: C.FanoutConfig = C.FanoutConfig()) -> ArtifactRef:
     """Retrain (warm-started from `previous`, the ensemble in use); returns the ensemble to use from now on: the
-    new one, registered and aliased `champion`, or `previous` if held-out accuracy regressed (not registered)."""
+    new one, registered and aliased `champion`, or `previous` if held-out accuracy regressed (not registered).
+    `fanout.task_runner: ray` trains the members as Ray tasks (tasks/fanout.py); everything else stays here."""
     store = ctx.store()
     inputs = {f"preferences.{p.meta.get('iteration', i)}": p for i, p in enumerate(preferences)}
     with ctx.stage("train_reward", cfg, {**inputs, **({"previous": previous} if previous else {})}) as run:
         with store.staging_dir() as d:
             metrics = run_stage("train_reward", cfg, launch, store, preferences, init_path=init,
-                                out_dir=d / "ensemble", seed=ctx.seed, previous=_members(store, previous))
+                                out_dir=d / "ensemble", seed=ctx.seed, previous=_members(store, previous),
+                                **({"map_members": ray_map(fanout)} if fanout.task_runner == "ray" else {}))
             ref = store.put_dir("reward_model", d / "ensemble", parents=preferences,
                                 meta={"members": cfg.members, "iteration": ctx.iteration})
         run.log_metrics(metrics)
@@ -227,9 +236,9 @@ def train_policy_task(ctx: RunContext, cfg: C.PolicyConfig, preferences: Artifac
             ref = store.put_dir("policy", d / "policy", parents=[preferences, policy],
                                 meta={"iteration": ctx.iteration})
         run.outputs({"candidate": ref})
-        for window in metrics.pop("history", []):  # the trainer's trajectories (loss, logps, reward, kl, ...)
-            run.log_metrics({f"train_policy/trajectory/{k}": v for k, v in window.items() if k != "step"},
-                            step=window["step"])
+        # the trainer's trajectories (loss, logps, reward, kl, ...)
+        run.log_history([{f"train_policy/trajectory/{k}" if k != "step" else k: v for k, v in window.items()}
+                         for window in metrics.pop("history", [])])
         run.log_metrics(metrics)
     return ref
 

@@ -232,13 +232,14 @@ def sequence_logprobs(
 
 
 def load_reward_model(path: str, *, device: str | None = None):
-    """(model, tokenizer) of a num_labels=1 sequence-classification reward model, eval mode."""
+    """(model, tokenizer) of a sequence-classification reward model, eval mode: one head (num_labels = 1, a
+    separate ensemble member) or K heads on one trunk (num_labels = K, a shared-backbone ensemble), as saved."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
     model.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 style heads find the last token through it
     model.to(_device(device)).eval()
     return model, tokenizer
@@ -247,24 +248,28 @@ def load_reward_model(path: str, *, device: str | None = None):
 def reward_scores(
     model, tokenizer, prompts: list[str], completions: list[str], *, batch_size: int = 128
 ) -> np.ndarray:
-    """r(x, y) of one reward model on `prompt + completion + eos` (the text it was trained on), float64 [N]."""
+    """r_k(x, y) of each of a reward model's K heads on `prompt + completion + eos` (the text it was trained on),
+    float64 [K, N]: one forward pass per batch whatever K."""
     import torch
 
     pad_id = tokenizer.pad_token_id
     rows = [encode_scored(tokenizer, p, c)[0] for p, c in zip(prompts, completions)]
     order = sorted(range(len(rows)), key=lambda k: len(rows[k]))
-    result = np.zeros(len(rows), dtype=np.float64)
+    result = np.zeros((model.config.num_labels, len(rows)), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = _right_padded([rows[k] for k in idx], pad_id)
         with torch.no_grad():
             out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
-        result[idx] = out.logits[:, 0].double().cpu().numpy()
+        result[:, idx] = out.logits.T.double().cpu().numpy()
     return result
 
 
 class RewardEnsemble:
-    """K reward models scored on the same (prompt, completion) pairs; `score` returns r[k, i], float64 [K, N]."""
+    """Reward models scored on the same (prompt, completion) pairs; `score` returns r[k, i], float64 [K, N].
+
+    Each path contributes one row per head, in order: K separate models (`member-0..K-1`) give K rows, one
+    shared-backbone model with num_labels = K gives K rows from one forward pass per batch."""
 
     def __init__(self, paths: list[str], *, device: str | None = None, batch_size: int = 128):
         if not paths:
@@ -272,12 +277,13 @@ class RewardEnsemble:
         self.paths = list(paths)
         self.batch_size = batch_size
         self.members = [load_reward_model(p, device=device) for p in self.paths]
+        self.size = sum(m.config.num_labels for m, _ in self.members)  # K, rows of `score`
 
     def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         if not prompts:
-            return np.zeros((len(self.members), 0), dtype=np.float64)
-        return np.stack(
+            return np.zeros((self.size, 0), dtype=np.float64)
+        return np.concatenate(
             [reward_scores(m, t, prompts, completions, batch_size=self.batch_size) for m, t in self.members]
         )

@@ -122,7 +122,8 @@ def train_rl(policy_path: str, ref_path: str, prompts: list[str], reward_fn: Rew
         if cfg.rl.kl_control == "adaptive":
             trainer.add_callback(_kl_callback(trainer, cfg))
         result = trainer.train()
-        save(trainer.model, tokenizer, out_dir)  # forward is patched by TRL: later users reload from out_dir
+        # forward is patched by TRL: later users reload from out_dir
+        save(trainer.model, tokenizer, out_dir, trainer.accelerator)
 
     metrics = last_logged(trainer.state.log_history, RL_LOGGED)
     metrics.update(train_loss=float(result.training_loss), seconds=time.perf_counter() - t0,

@@ -102,13 +102,27 @@ def last_logged(log_history: list[dict], keys: tuple[str, ...]) -> dict:
     return out
 
 
-def save(model, tokenizer, out_dir: Path) -> None:
-    """save_pretrained (safetensors) + tokenizer; a LoRA-wrapped model is merged first (plain checkpoint)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def save(model, tokenizer, out_dir: Path, accelerator=None) -> None:
+    """save_pretrained (safetensors) + tokenizer; a LoRA-wrapped model is merged first (plain checkpoint).
+
+    With the trainer's `accelerator` (a run under `accelerate launch`, several processes): every rank takes part
+    in gathering the weights (DeepSpeed ZeRO-3 shards them), only the main process writes, one writer per file,
+    and no rank returns before the checkpoint is complete."""
+    state = None
+    if accelerator is not None:
+        from accelerate.utils import DistributedType
+
+        if accelerator.distributed_type == DistributedType.DEEPSPEED and not hasattr(model, "merge_and_unload"):
+            state = accelerator.get_state_dict(model)  # a collective: all ranks call it
+        model = accelerator.unwrap_model(model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    if accelerator is None or accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir), **({"state_dict": state} if state is not None else {}))
+        tokenizer.save_pretrained(str(out_dir))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
 
 
 def steps_for(n: int, batch_size: int, epochs: int) -> int:
@@ -186,14 +200,14 @@ def train_reward_member(
         )
         quiet(trainer)
         result = trainer.train()
-        save(trainer.model, tokenizer, out_dir)
+        save(trainer.model, tokenizer, out_dir, trainer.accelerator)
     model, tokenizer = load_reward_model(str(out_dir))  # the merged checkpoint, exactly as later stages load it
 
     heldout_accuracy = heldout_margin = float("nan")
     if eval_pairs:
         prompts = [p["prompt"] for p in eval_pairs]
-        r_chosen = reward_scores(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs])
-        r_rejected = reward_scores(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs])
+        r_chosen = reward_scores(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs])[0]
+        r_rejected = reward_scores(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs])[0]
         heldout_accuracy = float(np.mean(r_chosen > r_rejected))
         heldout_margin = float(np.mean(r_chosen - r_rejected))
     return {
@@ -311,7 +325,7 @@ def train_dpo(
         _check_dpo_tokens(trainer.train_dataset[0], tokenizer, pairs[0])
         result = trainer.train()
         # trainer.model.forward is patched (fused LM head): save, and let users reload from out_dir
-        save(trainer.model, tokenizer, out_dir)
+        save(trainer.model, tokenizer, out_dir, trainer.accelerator)
         n_train = len(trainer.train_dataset)
 
     metrics = last_logged(trainer.state.log_history, DPO_LOGGED)

@@ -79,11 +79,18 @@ def reward_hacking(proxy: dict[str, float], heldout: dict[str, float]) -> float:
 def _sample_and_score(path, prompts, gen: GenerateConfig, n, seed, ref, ensemble, gold, aggregation, uw_lambda,
                       regression):
     from components.backends import hf
+    from components.stages.generate import sample
 
-    model, tok = hf.load_causal_lm(path)
     texts = prompts["prompt"].to_pylist()
-    gens, _ = hf.generate(model, tok, texts, n, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                          top_p=gen.top_p, batch_size=gen.batch_size, seed=seed)
+    # the `generate` stage's engine (vLLM on a GPU); the transformers model scores log-probs either way, and is
+    # loaded after a vLLM engine has released the GPU, or before, to be shared, when transformers generates
+    sample_cfg = gen.model_copy(update={"samples_per_prompt": n})
+    if gen.backend == "vllm":
+        gens, _ = sample(sample_cfg, texts, path, seed)
+        model, tok = hf.load_causal_lm(path)
+    else:
+        model, tok = hf.load_causal_lm(path)
+        gens, _ = sample(sample_cfg, texts, path, seed, loaded=(model, tok))
     p = [texts[g.prompt_index] for g in gens]
     c = [g.completion for g in gens]
     ref_model, ref_tok = ref

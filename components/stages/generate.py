@@ -45,8 +45,10 @@ def run(cfg: GenerateConfig, prompts: pa.Table, policy_path: str, *, policy_sha:
                    "vllm_used": float(stats.get("vllm_used", 0.0))}
 
 
-def sample(cfg: GenerateConfig, texts: list[str], policy_path: str, seed: int) -> tuple[list, dict]:
-    """`cfg.samples_per_prompt` completions per text from the checkpoint at `policy_path`, on `cfg.backend`."""
+def sample(cfg: GenerateConfig, texts: list[str], policy_path: str, seed: int, loaded: tuple | None = None
+           ) -> tuple[list, dict]:
+    """`cfg.samples_per_prompt` completions per text from the checkpoint at `policy_path`, on `cfg.backend`.
+    `loaded`: the (model, tokenizer) of that checkpoint if the caller holds it already (used by transformers)."""
     if cfg.backend == "vllm":
         from components.backends import vllm_backend
 
@@ -60,6 +62,6 @@ def sample(cfg: GenerateConfig, texts: list[str], policy_path: str, seed: int) -
         logger.warning("generate.backend=vllm cannot run here (%s): using transformers generate instead", reason)
     from components.backends import hf
 
-    model, tokenizer = hf.load_causal_lm(policy_path)
+    model, tokenizer = loaded or hf.load_causal_lm(policy_path)
     return hf.generate(model, tokenizer, texts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed)

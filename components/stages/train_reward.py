@@ -7,6 +7,10 @@ Pure over artifacts: (accumulated preferences, backbone path, previous ensemble)
 
 - Members differ by seed and, with `bootstrap`, by a bootstrap resample of their training pairs: their
   disagreement is the uncertainty `label` filters on.
+- `shared_backbone`: one model, a shared trunk with K heads (`shared/`, components/backends/reward_heads.py),
+  replaces the K separate members: one training, and scoring costs about one member.
+- Members train independently (`MemberJob`): `map_members` decides where, one after another in this process by
+  default, or in parallel on Ray workers (tasks/fanout.py, `fanout.task_runner: ray`).
 - A fixed share of pairs (by a hash of pair_id, stable as data accumulates) is held out from every training.
 - Without a previous ensemble, members train from `init` on every non-held-out pair for `epochs`.
 - With one (and `warm_start`), member k starts from previous member k mod K' and trains `warm_epochs` on a replay
@@ -24,6 +28,8 @@ Pure over artifacts: (accumulated preferences, backbone path, previous ensemble)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +91,34 @@ def _decide(cfg: RewardConfig, prev_ok: np.ndarray, new_ok: np.ndarray) -> tuple
     return regression <= cfg.max_heldout_regression + cfg.regression_z * se, regression
 
 
-def run(cfg: RewardConfig, preferences: pa.Table, *, init_path: str, out_dir: Path, seed: int,
-        previous: list[str] | None = None) -> dict[str, float]:
-    """Metrics, with `accepted` = 1.0 if the caller should use the new ensemble, 0.0 to keep the previous one.
-    `previous`: member paths of the ensemble in use (None in the first iteration)."""
+@dataclass(frozen=True)
+class MemberJob:
+    """One member's training, self-contained and picklable so another process (a Ray worker) can run it; the
+    paths must be visible there (same machine or shared filesystem)."""
+
+    k: int
+    start: str  # checkpoint it starts from: the backbone, or previous member k mod K' (warm start)
+    pairs: list[dict]  # its training pairs (a bootstrap resample with cfg.bootstrap)
+    out_dir: str  # where it saves `member-k`
+    cfg: RewardConfig  # with epochs = warm_epochs under warm start
+    seed: int
+
+
+def train_member(job: MemberJob) -> dict[str, float]:
     from components.backends.trainers import train_reward_member
 
+    return train_reward_member(job.start, job.pairs, [], Path(job.out_dir), job.cfg, seed=job.seed)
+
+
+# map_members(train_member, jobs) -> each job's metrics, in job order: the builtin `map` trains them one after
+# another here; tasks/fanout.py maps them onto Ray workers.
+MapMembers = Callable[[Callable[[MemberJob], dict], list[MemberJob]], Iterable[dict]]
+
+
+def run(cfg: RewardConfig, preferences: pa.Table, *, init_path: str, out_dir: Path, seed: int,
+        previous: list[str] | None = None, map_members: MapMembers = map) -> dict[str, float]:
+    """Metrics, with `accepted` = 1.0 if the caller should use the new ensemble, 0.0 to keep the previous one.
+    `previous`: member paths of the ensemble in use (None in the first iteration)."""
     rows = preferences.select(["pair_id", "prompt", "chosen", "rejected", "label_source", "iteration"]).to_pylist()
     held = np.array([is_heldout(r["pair_id"], cfg.heldout_frac) for r in rows], dtype=bool)
     heldout = [r for r, h in zip(rows, held) if h]
@@ -118,14 +146,26 @@ def run(cfg: RewardConfig, preferences: pa.Table, *, init_path: str, out_dir: Pa
         train, member_cfg = train_all, cfg
     metrics.update(train_pairs=len(train), train_pairs_newest=sum(r["iteration"] == newest for r in train),
                    train_pairs_seed=sum(r["label_source"] in TRUSTED_SOURCES for r in train))
-    paths = []
+    if cfg.shared_backbone:  # one trunk with K heads, trained once (components/backends/reward_heads.py)
+        from components.backends.reward_heads import SHARED_DIR, train_reward_heads
+
+        m = train_reward_heads(previous[0] if warm else init_path, train, out_dir / SHARED_DIR, member_cfg, seed=seed)
+        metrics.update({f"shared/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
+        return _judge(cfg, [str(out_dir / SHARED_DIR)], heldout, trusted, previous, metrics)
+    jobs = []
     for k in range(cfg.members):
         rng = np.random.default_rng([seed, k])
         subset = [train[i] for i in rng.integers(0, len(train), len(train))] if cfg.bootstrap else train
         start = previous[k % len(previous)] if warm else init_path
-        m = train_reward_member(start, subset, [], out_dir / f"member-{k}", member_cfg, seed=seed * 1000 + k)
-        metrics.update({f"member_{k}/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
-        paths.append(str(out_dir / f"member-{k}"))
+        jobs.append(MemberJob(k, start, subset, str(out_dir / f"member-{k}"), member_cfg, seed * 1000 + k))
+    for job, m in zip(jobs, map_members(train_member, jobs), strict=True):
+        metrics.update({f"member_{job.k}/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
+    return _judge(cfg, [job.out_dir for job in jobs], heldout, trusted, previous, metrics)
+
+
+def _judge(cfg: RewardConfig, paths: list[str], heldout: list[dict], trusted: list[dict], previous: list[str] | None,
+           metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` + the new ensemble's per-member and ensemble held-out accuracy/ECE + the accept decision."""
     accepted = True
     if heldout:
         margin = _margins(paths, heldout)

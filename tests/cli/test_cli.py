@@ -61,3 +61,17 @@ def test_existing_workspace_untouched_by_bad_input(project):
 def test_status_of_empty_workspace(project):
     r = cli("status", "--workspace", "nothing-here", cwd=project)
     assert r.returncode == 0 and "no iterations" in r.stdout
+
+
+def test_env_file_is_read_and_the_environment_wins(project):
+    """`.env` in the working directory (git-ignored secrets and settings) reaches every command; a variable that
+    is already set is not overridden."""
+    (project / ".env").write_text("ALIGNLOOP_WORKSPACE=from-dotenv\n")
+    r = cli("status", cwd=project)
+    assert r.returncode == 0 and "from-dotenv" in r.stdout, r.stdout + r.stderr
+    env = {**os.environ, "ALIGNLOOP_WORKSPACE": str(project / "from-env")}
+    r = subprocess.run([EXE, "status"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "from-env" in r.stdout and "from-dotenv" not in r.stdout, r.stdout
+    (project / "other.env").write_text(f"ALIGNLOOP_WORKSPACE={project / 'via-flag'}\n")
+    r = cli("--env-file", "other.env", "status", cwd=project)
+    assert "via-flag" in r.stdout, r.stdout + r.stderr

@@ -79,3 +79,15 @@ def test_two_iterations_on_the_stack(tmp_path, tiny_bootstrap, stack_env):
         leaked = [p for p in files if value.encode() in p.read_bytes()]
         assert not leaked, f"{name} found in {leaked}"
         assert all(value not in k for k in keys)
+
+    # Re-gating a registered version loads it through the store by content hash, from S3 when this machine lacks
+    # it (the registry's source is an s3:// URI): remove the local copies and promote the non-champion candidate.
+    shutil.rmtree(ws / "store")
+    champion = client.get_model_version_by_alias("policy", "champion").version
+    other = next(v.version for v in client.search_model_versions("name = 'policy'")
+                 if v.version != champion and v.tags.get("alignloop.gate") != "initial")
+    r = subprocess.run([EXE, "promote", "--version", str(other), "-w", str(ws)], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # 1: the gate rejected it, which is an answer too
+    assert "alignloop.regate" in client.get_model_version("policy", other).tags
+    assert (ws / "store" / "policy").is_dir()  # fetched back from the mirror

@@ -107,3 +107,35 @@ def test_vllm_engine_is_built_from_the_checkpoint_it_is_given(tiny_factory, tmp_
         assert completion.startswith(" ") and "<eos>" not in completion
         words = len(completion.split())
         assert n in (words, words + 1) and words <= 6
+
+
+def test_evaluate_samples_both_sides_through_the_configured_engine(tiny_factory, tmp_path, monkeypatch):
+    """evaluate generates with `generate.backend` too: with vLLM configured, one engine per side, each built from
+    that side's checkpoint, and the completions it scores are the engine's."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.config import EvalConfig
+    from components.stages import evaluate
+
+    tok = tiny_factory.make_tokenizer(tmp_path / "tok")
+    cand = tiny_factory.make_policy(tmp_path / "cand", tok, seed=0)
+    champ = tiny_factory.make_policy(tmp_path / "champ", tok, seed=1)
+    rm = AutoModelForSequenceClassification.from_pretrained(cand, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(cand).save_pretrained(tmp_path / "rm")
+    constructed: list[str] = []
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm(constructed))
+    monkeypatch.setattr(vllm_backend, "unavailable_reason", lambda: None)
+
+    cfg = EvalConfig.model_validate({"n_prompts": 3, "samples_per_prompt": 2, "bootstrap_resamples": 100,
+                                    "regression_set": "none", "gate": {"heldout_judge": "none"}})
+    samples, report = evaluate.run(cfg, _cfg("vllm"), PROMPTS, candidate_path=cand, champion_path=champ,
+                                   ref_path=champ, reward_models=[str(tmp_path / "rm")], gold=None,
+                                   aggregation="mean", uw_lambda=1.0, seed=3)
+    assert constructed == [cand, champ]
+    engine, _ = generate.sample(_cfg("vllm").model_copy(update={"samples_per_prompt": 2}),
+                                PROMPTS["prompt"].to_pylist(), cand, 3)
+    got = samples.filter(pa.compute.equal(samples["model"], "candidate"))["completion"].to_pylist()
+    assert got == [g.completion for g in engine]
+    assert report["candidate"]["kl"] is not None  # log-probs still come from the transformers model

@@ -1,5 +1,6 @@
-"""Training stages under `accelerate launch` (a real subprocess, 1 CPU process): the command line carries the
-config's settings, and a DPO stage launched this way trains and saves a changed policy where it was asked to."""
+"""Training stages under `accelerate launch` (a real subprocess; 1 CPU process, and 2 CPU processes with gloo
+data parallelism): the command line carries the config's settings, and a DPO stage launched this way trains and
+saves a changed policy where it was asked to, written once (by the main process) and loadable."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def test_command_passes_settings_through(tmp_path):
         accelerate_command(cfg.model_copy(update={"deepspeed_config": str(tmp_path / "missing.json")}), tmp_path)
 
 
-def test_dpo_stage_runs_under_accelerate_launch(tiny_policy, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_dpo_stage_runs_under_accelerate_launch(tiny_policy, tmp_path, processes):
     store = ArtifactStore(tmp_path / "store")
     n = 16
     prefs = pa.table({
@@ -42,9 +44,12 @@ def test_dpo_stage_runs_under_accelerate_launch(tiny_policy, tmp_path):
         "iteration": [0] * n})
     ref = store.put_table("preferences", prefs)
     out = tmp_path / "candidate"
-    launch = LaunchConfig(mode="accelerate", num_processes=1)
+    launch = LaunchConfig(mode="accelerate", num_processes=processes)
     metrics = run_stage("train_policy", PolicyConfig(batch_size=8, learning_rate=1e-3), launch, store, [ref],
                         policy_path=tiny_policy, ref_path=tiny_policy, out_dir=out, seed=0, prompts=[],
                         heldout_prompts=[], reward_models=None)
     assert metrics["pairs"] == n  # metrics came back from the subprocess's rank 0
     assert (out / "model.safetensors").exists() and _sha(out) != _sha(tiny_policy)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)  # a complete checkpoint, not two ranks' interleaved writes
