@@ -363,8 +363,9 @@ class LaunchConfig(_Frozen):
 
 
 class FanoutConfig(_Frozen):
-    """Where the reward ensemble's members train: one after another inside the train_reward task (local), or in
-    parallel as Prefect tasks on Ray through prefect-ray's RayTaskRunner (tasks/fanout.py; extra `ray`)."""
+    """Where the reward ensemble's members train and the generate stage's prompt shards are sampled: one after
+    another inside their stage's task (local), or in parallel as Prefect tasks on Ray through prefect-ray's
+    RayTaskRunner (tasks/fanout.py; extra `ray`)."""
 
     task_runner: Literal["local", "ray"] = Field(
         "local", description="local: members train sequentially in the train_reward task; ray: one Ray task each."
@@ -376,6 +377,11 @@ class FanoutConfig(_Frozen):
     )
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per member task (node CPUs / it = parallelism).")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs reserved per member task (1 = one member per GPU).")
+    generate_shards: int = Field(
+        1, ge=1, description="generate: contiguous prompt shards, each sampled with a seed derived from (seed, shard)"
+        " (at most one per prompt; 1 = no sharding). ray: one Ray task per shard (num_cpus/num_gpus"
+        " as for members); local: the shards run one after another in the generate task, with the same rollouts."
+    )
 
 
 class LoopConfig(_Frozen):

@@ -151,7 +151,8 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         prompts, timings["sample_prompts"] = _stage("sample_prompts", t.sample_prompts_task, ctx=ctx, cfg=cfg.sample,
                                                     pool=pool)
         rollouts, timings["generate"] = _stage("generate", t.generate_task, ctx=ctx, cfg=cfg.generate,
-                                               prompts=prompts, policy=champion, policy_source=s["champion_source"])
+                                               prompts=prompts, policy=champion, policy_source=s["champion_source"],
+                                               fanout=cfg.fanout)
         prefs, timings["label"] = _stage("label", t.label_task, ctx=ctx, cfg=cfg.label, rollouts=rollouts,
                                          reward_model=rm_prev, gold=cfg.gold,
                                          human=[ArtifactRef(**h) for h in s.get("human_labels", [])])

@@ -11,6 +11,11 @@ before. The runner is entered inside that task (a task runner is a context manag
 task runs nest under it in the iteration's flow run, and the jobs (training pairs included) travel through Ray's
 object store rather than as Prefect flow parameters. Members write `member-k` into the task's staging directory:
 Ray workers must see that path (one machine, or a shared filesystem on a cluster) and import this package.
+
+Generation sharding is the same pattern: `ray_shard_map(fanout)` is the `map_shards` of
+`components.stages.generate.run` with `fanout.generate_shards` > 1, one `generate_shard` task per prompt shard
+inside the generate task (which stays the cached unit and publishes the rollouts); `_on_ray` is the runner both
+maps share.
 """
 
 from __future__ import annotations
@@ -25,21 +30,35 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.annotations import unmapped
 
 from components.config import FanoutConfig
+from components.stages.generate import MapShards, ShardJob
 from components.stages.train_reward import MapMembers, MemberJob
 
 
-# The train_reward task is the cached, retried unit: a member is neither cached nor persisted on its own.
+# The stage's task (train_reward, generate) is the cached, retried unit: a member or shard is neither cached nor
+# persisted on its own.
 @task(name="train_reward_member", cache_policy=NO_CACHE, persist_result=False)
-def train_member_task(train, job: MemberJob) -> dict:
-    """`train(job)`'s metrics, plus `worker_pid`: the process that trained the member."""
+def train_member_task(fn, job: MemberJob) -> dict:
+    """`fn(job)`'s metrics, plus `worker_pid`: the process that trained the member."""
     import ray
 
     get_run_logger().info("member %d on Ray node %s, pid %d", job.k, ray.get_runtime_context().get_node_id(),
                           os.getpid())
-    return {**train(job), "worker_pid": os.getpid()}
+    return {**fn(job), "worker_pid": os.getpid()}
 
 
-def _ray_map(fanout: FanoutConfig, train, jobs: list[MemberJob]) -> list[dict]:
+@task(name="generate_shard", cache_policy=NO_CACHE, persist_result=False)
+def generate_shard_task(fn, job: ShardJob) -> tuple[list, dict]:
+    """`fn(job)`'s (generations, stats), with `worker_pid` in the stats: the process that sampled the shard."""
+    import ray
+
+    get_run_logger().info("shard %d (%d prompts) on Ray node %s, pid %d", job.index, len(job.texts),
+                          ray.get_runtime_context().get_node_id(), os.getpid())
+    gens, stats = fn(job)
+    return gens, {**stats, "worker_pid": os.getpid()}
+
+
+def _on_ray(task, fanout: FanoutConfig, fn, jobs: list) -> list:
+    """`task(fn, job)` for every job, as Prefect task runs on prefect-ray's RayTaskRunner; results in job order."""
     from prefect_ray import RayTaskRunner
     from prefect_ray.context import remote_options
 
@@ -54,10 +73,15 @@ def _ray_map(fanout: FanoutConfig, train, jobs: list[MemberJob]) -> list[dict]:
         api = str(client.api_url).rstrip("/")
     with (temporary_settings(updates={PREFECT_API_URL: api}), RayTaskRunner(init_kwargs=init) as runner,
           remote_options(num_cpus=fanout.num_cpus, num_gpus=fanout.num_gpus)):
-        futures = runner.map(train_member_task, {"train": unmapped(train), "job": jobs})
+        futures = runner.map(task, {"fn": unmapped(fn), "job": jobs})
         return [f.result() for f in futures]
 
 
 def ray_map(fanout: FanoutConfig) -> MapMembers:
     """The `map_members` for `fanout.task_runner: ray` (`local` keeps the stage's default, the builtin `map`)."""
-    return partial(_ray_map, fanout)
+    return partial(_on_ray, train_member_task, fanout)
+
+
+def ray_shard_map(fanout: FanoutConfig) -> MapShards:
+    """The generate stage's `map_shards` for `fanout.task_runner: ray` (`local` keeps the builtin `map`)."""
+    return partial(_on_ray, generate_shard_task, fanout)

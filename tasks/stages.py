@@ -25,7 +25,7 @@ from components.backends.launch import run_stage
 from components.lineage import POLICY, REWARD_MODEL, Tracker, fault_point
 from components.stages import evaluate, generate, label, sample_prompts
 from components.workspace import Workspace
-from tasks.fanout import ray_map
+from tasks.fanout import ray_map, ray_shard_map
 
 
 class RunContext(BaseModel):
@@ -129,11 +129,16 @@ def sample_prompts_task(ctx: RunContext, cfg: C.SampleConfig, pool: ArtifactRef)
 
 @stage_task
 def generate_task(ctx: RunContext, cfg: C.GenerateConfig, prompts: ArtifactRef, policy: ArtifactRef,
-                  policy_source: str) -> ArtifactRef:
+                  policy_source: str, fanout: C.FanoutConfig = C.FanoutConfig()) -> ArtifactRef:
+    """`fanout.generate_shards` prompt shards, sampled as Ray tasks with `fanout.task_runner: ray`
+    (tasks/fanout.py), else one after another here; the rollouts are the same either way."""
     store = ctx.store()
+    on_ray = fanout.task_runner == "ray" and fanout.generate_shards > 1
+    shard_map = {"map_shards": ray_shard_map(fanout)} if on_ray else {}
     with ctx.stage("generate", cfg, {"prompts": prompts, "policy": policy}) as run:
         table, stats = generate.run(cfg, store.read_table(prompts), policy_source, policy_sha=policy.sha256,
-                                    seed=ctx.seed * 100_003 + ctx.iteration)
+                                    seed=ctx.seed * 100_003 + ctx.iteration, shards=fanout.generate_shards,
+                                    **shard_map)
         ref = store.put_table("rollouts", table, parents=[prompts, policy])
         run.outputs({"rollouts": ref})
         run.log_metrics(stats)

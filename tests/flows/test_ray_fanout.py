@@ -1,5 +1,6 @@
 """Reward-ensemble fan-out on a local Ray instance: K=2 members trained as Prefect tasks on prefect-ray's
-RayTaskRunner (tasks/fanout.py), checked against the sequential path on the same data."""
+RayTaskRunner (tasks/fanout.py), checked against the sequential path on the same data; and the generate stage's
+prompt shards sampled the same way."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.config import FanoutConfig, RewardConfig
+from components.config import FanoutConfig, GenerateConfig, RewardConfig
 
 RM = RewardConfig(members=2, epochs=1, batch_size=16, learning_rate=1e-3, heldout_frac=0.2)
 KEY = "transformer.h.0.attn.c_attn.weight"
@@ -104,3 +105,68 @@ def test_ray_fanout_needs_in_process_training():
 
     with pytest.raises(ValueError, match=r"fanout\.task_runner='ray' needs train_launch\.mode='in_process'"):
         LoopConfig(fanout={"task_runner": "ray"}, train_launch={"mode": "accelerate"})
+
+
+GEN = GenerateConfig(samples_per_prompt=2, max_new_tokens=6, batch_size=4)
+
+
+def _prompts(pool: Path, n: int = 5) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pool).select(["prompt_id", "prompt"]).slice(0, n)
+
+
+def test_one_shard_is_the_unsharded_generation(tiny_bootstrap):
+    from components.stages import generate
+
+    prompts, policy = _prompts(tiny_bootstrap["prompts"]), str(tiny_bootstrap["policy"])
+    table, stats = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7)
+    gens, _ = generate.sample(GEN, prompts["prompt"].to_pylist(), policy, 7)
+    assert stats["shards"] == 1
+    assert table["completion"].to_pylist() == [g.completion for g in gens]
+    assert table["num_tokens"].to_pylist() == [g.num_tokens for g in gens]
+    assert table["prompt_id"].to_pylist() == [prompts["prompt_id"][g.prompt_index].as_py() for g in gens]
+
+
+def test_generation_shards_sample_on_ray_workers(prefect_backend, tiny_bootstrap, local_ray):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from components.stages import generate
+    from tasks.fanout import ray_shard_map
+
+    prompts, policy = _prompts(tiny_bootstrap["prompts"]), str(tiny_bootstrap["policy"])
+    returned = []  # what the Ray tasks handed back, before the stage builds the table
+
+    def on_ray(fn, jobs):
+        returned.extend(ray_shard_map(FanoutConfig(task_runner="ray", generate_shards=2))(fn, jobs))
+        return returned
+
+    @flow
+    def fan_out():
+        from prefect.runtime import flow_run
+
+        return flow_run.id, generate.run(GEN, prompts, policy, policy_sha="abc", seed=7, shards=2, map_shards=on_ray)
+
+    run_id, (on_workers, stats) = fan_out()
+    sequential, _ = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7, shards=2)
+    unsharded, _ = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7)
+
+    # sampled in Ray worker processes, as Prefect task runs of the flow: shards of 2 and 3 prompts
+    assert len(returned) == 2 and all(s["worker_pid"] != os.getpid() for _, s in returned), returned
+    assert [len(g) for g, _ in returned] == [2 * GEN.samples_per_prompt, 3 * GEN.samples_per_prompt]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    shards = [r for r in runs if r.name.startswith("generate_shard")]
+    assert len(shards) == 2 and all(r.state.is_completed() for r in shards), [(r.name, r.state) for r in runs]
+
+    # the unsharded table's rows, schema and prompt order; the same rollouts as the 2 shards sampled here
+    assert on_workers.schema == unsharded.schema and stats["shards"] == 2
+    ids, texts = prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()
+    assert on_workers["prompt_id"].to_pylist() == [i for i in ids for _ in range(GEN.samples_per_prompt)]
+    assert on_workers["prompt"].to_pylist() == [t for t in texts for _ in range(GEN.samples_per_prompt)]
+    assert on_workers["rollout_id"].to_pylist() == unsharded["rollout_id"].to_pylist()
+    assert on_workers.equals(sequential)
+    # shard 1 draws from its own seed: its samples are not the unsharded ones' (shard 0 keeps the stage seed)
+    assert on_workers["completion"].to_pylist() != unsharded["completion"].to_pylist()
