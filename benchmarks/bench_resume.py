@@ -84,7 +84,7 @@ def run_child(files: list[str], ws: Path, root: Path, kill_after: float | None, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kill-after", type=float, default=None, help="seconds into train_policy (default 2.0)")
+    ap.add_argument("--kill-after", type=float, default=None, help="seconds into train_policy (default 0.5)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs="*", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,7 +92,7 @@ def main() -> None:
     if args.child:
         child(args.files, args.child, args.kill_after)
         return
-    kill_after = 2.0 if args.kill_after is None else args.kill_after
+    kill_after = 0.5 if args.kill_after is None else args.kill_after
     root = common.scratch("resume")
     common.setup_env(root)
     ws = root / "ws"
