@@ -9,6 +9,7 @@ registered versions instead of duplicating them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import traceback
@@ -62,16 +63,8 @@ class Tracker:
             return found.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=f"{loop}/iter-{iteration}",
                                      tags={TAG_ITER: str(iteration), TAG_STAGE: "iteration", **tags})
-        self._log_params(run.info.run_id, params)
+        _log_batch(self.client, run.info.run_id, params=params)
         return run.info.run_id
-
-    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        """One request per 100 params (a call per param cost ~3.5 s per iteration); MLflow caps values at 6000 chars."""
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
 
     def finish_iteration(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
         """The iteration's summary metrics and tags in one request."""
@@ -89,7 +82,7 @@ class Tracker:
             "mlflow.parentRunId": parent_run_id, TAG_ITER: str(iteration), TAG_STAGE: stage, **tags,
             **{f"input.{k}": ref.sha256 for k, ref in inputs.items()}})
         stage_run = StageRun(self.client, run.info.run_id, stage)
-        self._log_params(run.info.run_id, params)
+        _log_batch(self.client, run.info.run_id, params=params)
         try:
             yield stage_run
         except BaseException as err:
@@ -173,21 +166,24 @@ class Tracker:
                    {"alignloop.gate_reasons": "; ".join(decision["reasons"]) or "all passed"})
 
 
-def _log_batch(client, run_id: str, metrics: list[tuple[str, float, int]], tags: dict[str, str] | None = None
-               ) -> None:
-    """(key, value, step) metrics and tags in as few requests as MLflow allows (1000 metrics / 100 tags each);
-    NaN/inf are skipped (some stores reject them). One request per value cost ~50 ms each here."""
+def _log_batch(client, run_id: str, metrics: list[tuple[str, float, int]] = (), tags: dict[str, str] | None = None,
+               params: dict[str, Any] | None = None) -> None:
+    """(key, value, step) metrics, tags and params in as few requests as MLflow allows (per request: 1000 entities,
+    of them at most 100 params and 100 tags). One request per value cost ~50 ms each here (~3.5 s per iteration for
+    the params alone). NaN/inf metrics are skipped (some stores reject them); param values are capped at MLflow's
+    6000 characters."""
     import time
 
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
     ms = [Metric(k, float(v), now, step) for k, v, step in metrics
           if isinstance(v, (int, float)) and math.isfinite(v)]
+    ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
     ts = [RunTag(k, v) for k, v in (tags or {}).items()]
-    for i in range(0, max(len(ms), 1), 1000):
-        if ms[i:i + 1000] or (i == 0 and ts):
-            client.log_batch(run_id, metrics=ms[i:i + 1000], tags=ts if i == 0 else [])
+    chunks = ([xs[i:i + n] for i in range(0, len(xs), n)] for xs, n in ((ms, 800), (ps, 100), (ts, 100)))
+    for m, p, t in itertools.zip_longest(*chunks, fillvalue=[]):
+        client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
 def fault_point(name: str) -> None:
@@ -215,7 +211,7 @@ class StageRun:
                                               for r in rows for k, v in r.items() if k != "step"])
 
     def outputs(self, refs: dict[str, ArtifactRef]) -> None:
-        _log_batch(self.client, self.run_id, [], {f"output.{k}": ref.sha256 for k, ref in refs.items()})
+        _log_batch(self.client, self.run_id, tags={f"output.{k}": ref.sha256 for k, ref in refs.items()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
