@@ -56,7 +56,8 @@ def child(files: list[str], ws: str, kill_after: float | None) -> None:
 
         train_policy.run = run_then_die
     s = time.perf_counter()
-    iteration.iteration_flow(files, [], ws)
+    with iteration.in_process_run():  # as `alignloop run` runs it
+        iteration.iteration_flow(files, [], ws)
     print(json.dumps({"flow_s": time.perf_counter() - s, "process_s": time.perf_counter() - t0}), flush=True)
 
 
@@ -102,7 +103,7 @@ def main() -> None:
 
     from components.config import load_config
     from components.workspace import Workspace
-    from flows.iteration import iteration_flow
+    from flows.iteration import in_process_run, iteration_flow
 
     @flow(name="bench-noop")
     def noop() -> int:
@@ -116,14 +117,16 @@ def main() -> None:
     w = Workspace.at(ws)
 
     s = time.perf_counter()
-    first = iteration_flow(files, [], str(ws))
+    with in_process_run():
+        first = iteration_flow(files, [], str(ws))
     full_s = time.perf_counter() - s
 
     def rerun_warm() -> tuple[float, set[str]]:
         before = _stage_runs(ws, loop)
         w.write_ledger(0, dict(first, status="running"))
         s = time.perf_counter()
-        again = iteration_flow(files, [], str(ws))
+        with in_process_run():
+            again = iteration_flow(files, [], str(ws))
         dt = time.perf_counter() - s
         assert again["outputs"] == first["outputs"], "a re-run changed the iteration's outputs"
         return dt, {v for k, v in _stage_runs(ws, loop).items() if k not in before}
@@ -157,7 +160,8 @@ def main() -> None:
     after_kill = _stage_runs(ws, loop)
     done_before_kill = sorted(v for k, v in after_kill.items() if k not in before)
     s = time.perf_counter()
-    resumed = iteration_flow(files, [], str(ws))
+    with in_process_run():
+        resumed = iteration_flow(files, [], str(ws))
     resume_s = time.perf_counter() - s
     recomputed = sorted(v for k, v in _stage_runs(ws, loop).items() if k not in after_kill)
     if "train_policy" not in recomputed:

@@ -25,10 +25,11 @@ import common
 def child(files: list[str], ws: str) -> None:
     t0 = time.perf_counter()
     common.use_workspace(Path(ws))
-    from flows.iteration import iteration_flow
+    from flows.iteration import in_process_run, iteration_flow
 
     s = time.perf_counter()
-    ledger = iteration_flow(files, [], ws)
+    with in_process_run():  # as `alignloop run` runs it
+        ledger = iteration_flow(files, [], ws)
     print(json.dumps({"flow_s": time.perf_counter() - s, "process_s": time.perf_counter() - t0,
                       "rss_mb": common.peak_rss_mb(), "timings": ledger["timings"]}), flush=True)
 

@@ -116,6 +116,41 @@ def warm_imports() -> float:
     return time.perf_counter() - s
 
 
+class StageClock:
+    """Seconds spent inside the pure stage functions (`components.stages.<stage>.run`), summed per stage while
+    active. Both the plain loop and the Prefect tasks call those functions through their module attribute (the
+    training tasks via `launch.run_stage` → `importlib`), so wrapping the attribute times exactly the shared
+    computation, in-process, on either side; the rest of a flow run is what orchestration adds."""
+
+    STAGES = ("sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> StageClock:
+        import importlib
+
+        self._saved = []
+        for name in self.STAGES:
+            module = importlib.import_module(f"components.stages.{name}")
+            self._saved.append((module, module.run))
+            module.run = self._timed(name, module.run)
+        return self
+
+    def _timed(self, name, fn):
+        def timed(*args, **kwargs):
+            s = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - s
+        return timed
+
+    def __exit__(self, *exc) -> None:
+        for module, fn in self._saved:
+            module.run = fn
+
+
 def prepare_workspace(ws: Path, loop: str) -> None:
     """One-time per-loop set-up (MLflow database + experiment, DVC repo): paid once per workspace, not per
     iteration, so the overhead benchmarks do it outside the timed iteration."""

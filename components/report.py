@@ -1,10 +1,11 @@
-"""The iteration report: one self-contained HTML file (figures embedded as PNG) a person reads to judge an iteration.
+"""The iteration report: one self-contained HTML file (its figure embedded as PNG) a person reads to judge an
+iteration.
 
     alignloop report 3        # -> workspace/reports/iter-0003.html, also logged to the iteration's MLflow run
 
-Contents: the gate table, stage timings, the label mix and reward / KL / length curves across iterations, and
-candidate vs champion completions side by side. Built from the ledgers and the artifact store only, so it
-renders the same from any copy of the workspace.
+Contents: the gate table, the reward / KL / length curves across iterations (the one figure), the label mix per
+iteration and this iteration's stage timings (tables), and candidate vs champion completions side by side. Built
+from the ledgers and the artifact store only, so it renders the same from any copy of the workspace.
 """
 
 from __future__ import annotations
@@ -23,59 +24,48 @@ from components.workspace import Workspace
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}.pass{color:#17692b}.fail{color:#b00020;font-weight:bold}.num{text-align:right}
-img{max-width:100%;border:1px solid #eee}.promote{color:#17692b}.reject{color:#b00020}code{font-size:90%}"""
+img{max-width:100%;border:1px solid #eee}.promote{color:#17692b}.reject{color:#b00020}code{font-size:90%}
+.bar{background:#4c72b0;height:10px}"""
 PIPELINE = ["sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate", "gate", "version"]
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
-    # tight_layout, not savefig(bbox_inches="tight"), which draws the figure twice (~0.5 s per report)
-    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def timings_figure(timings: dict[str, float]):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2.8))
-    # pipeline order (the ledger stores them sorted by name)
+def timings_table(timings: dict[str, float]) -> str:
+    """Seconds per stage in pipeline order, with an inline bar (HTML, not a figure: exact numbers, no drawing)."""
     stages = sorted(timings, key=lambda s: PIPELINE.index(s) if s in PIPELINE else len(PIPELINE))
-    ax.barh(stages[::-1], [timings[s] for s in stages][::-1], color="#4c72b0")
-    ax.set_xlabel("seconds")
-    ax.set_title("stage timings (this iteration)")
-    return fig
+    top = max(timings.values(), default=0.0) or 1.0
+    rows = "".join(f"<tr><td>{html.escape(s)}</td><td class=num>{timings[s]:.2f}</td><td><div class=bar "
+                   f"style='width:{300 * timings[s] / top:.0f}px'></div></td></tr>" for s in stages)
+    return f"<table><tr><th>stage</th><th>seconds</th><th></th></tr>{rows}</table>"
 
 
-def label_mix_figure(mix: dict[int, dict[str, int]]):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2.8))
-    iters = sorted(mix)
+def label_mix_table(mix: dict[int, dict[str, int]]) -> str:
+    """Pairs kept per label source (columns) per iteration (rows)."""
     sources = sorted({s for counts in mix.values() for s in counts})
-    bottom = [0] * len(iters)
-    for src in sources:
-        heights = [mix[i].get(src, 0) for i in iters]
-        ax.bar([str(i) for i in iters], heights, bottom=bottom, label=src)
-        bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("preference pairs")
-    ax.set_title("label mix (pairs kept per label source)")
-    ax.legend(fontsize=8)
-    return fig
+    rows = "".join(f"<tr><td>{i}</td>" + "".join(f"<td class=num>{mix[i].get(s, 0)}</td>" for s in sources)
+                   + f"<td class=num>{sum(mix[i].values())}</td></tr>" for i in sorted(mix))
+    return ("<table><tr><th>iteration</th>" + "".join(f"<th>{html.escape(s)}</th>" for s in sources)
+            + f"<th>total</th></tr>{rows}</table>")
 
 
 def curves_figure(ledgers: list[dict]):
-    """Candidate and champion per iteration on the held-out set: gold and proxy reward, KL to reference, length."""
-    import matplotlib.pyplot as plt
+    """Candidate and champion per iteration on the held-out set: gold and proxy reward, KL to reference, length.
+
+    matplotlib's object API, not pyplot (no global figure state, nothing to close), with fixed margins:
+    tight_layout measured ~0.17 s per figure, the largest part of the report's cost."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     done = [d for d in ledgers if d.get("status") == "finished"]
     x = [d["iteration"] for d in done]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+    fig = Figure(figsize=(14, 3))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.17, top=0.88, wspace=0.25)
+    axes = fig.subplots(1, 4)
     for ax, (key, title) in zip(axes, (("gold_reward", "gold reward (held-out)"), ("proxy_reward", "proxy reward"),
                                        ("kl", "KL to reference (nats/seq)"), ("mean_tokens", "mean length (tokens)"))):
         for side, style in (("champion", "o-"), ("candidate", "s--")):
@@ -119,9 +109,6 @@ def _samples_table(samples: pa.Table, n_prompts: int) -> str:
 def render_html(iteration: int, ledgers: list[dict], label_mix: dict[int, dict[str, int]], samples: pa.Table | None,
                 *, title: str = "alignloop", n_samples: int = 12) -> str:
     """The report of `iteration` (its ledger must be finished) in the context of all `ledgers`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
     doc = next((d for d in ledgers if d["iteration"] == iteration), None)
     if doc is None or doc.get("status") != "finished":
         raise ValueError(f"iteration {iteration} has no finished ledger (known: {[d['iteration'] for d in ledgers]})")
@@ -134,8 +121,8 @@ def render_html(iteration: int, ledgers: list[dict], label_mix: dict[int, dict[s
         f"<code>{doc['config_hash']}</code> · data rev <code>{str(doc.get('data_rev', ''))[:12]}</code></p>",
         f"<ul>{reasons}</ul>" if reasons else "", "<h2>Gate</h2>", _gate_table(dec),
         "<h2>Across iterations</h2>", _png(curves_figure(ledgers)),
-        _png(label_mix_figure(label_mix)) if label_mix else "",
-        "<h2>Stage timings</h2>", _png(timings_figure(doc["timings"])),
+        "<h3>Label mix (pairs kept per label source)</h3>" + label_mix_table(label_mix) if label_mix else "",
+        "<h2>Stage timings (this iteration)</h2>", timings_table(doc["timings"]),
         "<h2>Held-out summary</h2><table><tr><th></th>"
         + "".join(f"<th>{k}</th>" for k in rep["candidate"]) + "</tr>"
         + "".join(f"<tr><td>{side}</td>" + "".join(f"<td class=num>{'-' if v is None else f'{v:.3f}'}</td>"

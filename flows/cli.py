@@ -130,7 +130,8 @@ def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config
 
         it._listeners.append(listen)
         try:
-            it.continual_flow([str(c) for c in config], list(set_), str(ws), iterations)
+            with it.in_process_run():
+                it.continual_flow([str(c) for c in config], list(set_), str(ws), iterations)
         finally:
             it._listeners.remove(listen)
             lock.close()

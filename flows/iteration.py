@@ -7,9 +7,11 @@ sample → generate → label → train_reward → train_policy → evaluate →
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prefect import flow
@@ -24,6 +26,25 @@ from tasks import stages as t
 # A listener (the CLI's progress display) gets (stage, "start" | "done", seconds).
 Listener = Callable[[str, str, float], None]
 _listeners: list[Listener] = []
+
+
+@contextlib.contextmanager
+def in_process_run() -> Iterator[None]:
+    """Prefect settings for loop flows run in this process (`alignloop run`), as opposed to a deployment's runs,
+    which a worker launches and which keep Prefect's defaults.
+
+    Flow-run heartbeats are off here unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set. They exist to let a
+    server-side automation mark a worker's run Crashed when its machine dies; a run in this process is watched
+    by the person who started it (and an ephemeral server ends with it). Their cost is not small: Prefect's
+    heartbeat thread sleeps in 1 s steps, which every flow run waits out when it ends (up to 1 s; 0.67 s per
+    short flow run measured, the largest single orchestration cost of an iteration; benchmarks/README.md §1)."""
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def validate_inputs(cfg: LoopConfig, config_path: str) -> None:
@@ -55,15 +76,36 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id: str) -> tuple[ArtifactRef, str]:
-    """The champion when the loop starts: registered once as version 1 with alias `champion`. Returns its ref
-    and the path the loop loads it from (in the store, or the hub id)."""
-    if Path(source).is_dir():
-        with store.staging_dir() as d:
-            import shutil
+def _fingerprint(root: Path) -> str:
+    """Names, sizes and mtimes of the files under `root`: stat calls only, no reads."""
+    import hashlib
 
-            shutil.copytree(source, d / "p")
-            ref = store.put_dir("policy", d / "p", meta={"iteration": -1, "origin": source})
+    stats = sorted((f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in root.rglob("*") if f.is_file())
+    return hashlib.sha256(repr(stats).encode()).hexdigest()
+
+
+def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id: str,
+                    earlier: list[dict]) -> tuple[ArtifactRef, str]:
+    """The champion when the loop starts: registered once as version 1 with alias `champion`. Returns its ref
+    and the path the loop loads it from (in the store, or the hub id).
+
+    A local checkpoint is copied into the store and hashed once per workspace, not every iteration (a 7B
+    checkpoint is ~15 GB): an earlier iteration's ref is reused while the files' names, sizes and mtimes are
+    unchanged (the check DVC's state database makes before re-hashing)."""
+    if Path(source).is_dir():
+        fp = _fingerprint(Path(source))
+        seen = next((d["start"]["initial"] for d in reversed(earlier) if "start" in d
+                     and d["start"]["initial"].get("meta", {}).get("fingerprint") == fp
+                     and d["start"]["initial"]["meta"].get("origin") == source), None)
+        if seen is not None and store.path(ArtifactRef(**seen)).exists():
+            ref = ArtifactRef(**seen)
+        else:
+            with store.staging_dir() as d:
+                import shutil
+
+                shutil.copytree(source, d / "p")
+                ref = store.put_dir("policy", d / "p", meta={"iteration": -1, "origin": source, "fingerprint": fp})
         uri, load = store.uri(ref), str(store.path(ref))
     else:  # a hub id: the registry points at it; its identity is its name
         import hashlib
@@ -119,7 +161,7 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs
             pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
                                        meta={"origin": cfg.prompt_pool})
-            init_ref, init_path = _initial_policy(store, tracker, cfg.policy_init, parent)
+            init_ref, init_path = _initial_policy(store, tracker, cfg.policy_init, parent, ws.ledgers())
             champ = tracker.alias(POLICY, "champion")
             sha = champ.tags[TAG_SHA]
             champ_ref = init_ref if sha == init_ref.sha256 else store.ref("policy", sha)

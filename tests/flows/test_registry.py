@@ -151,7 +151,13 @@ def test_report_per_iteration_html_and_mlflow(two_iteration_loop, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     html = out.read_text()
     images = _pngs(html)
-    assert len(images) == 3 and all(im.size[0] > 300 and im.size[1] > 100 for im in images)  # curves, labels, timings
+    assert len(images) == 1 and images[0].size[0] > 1000 and images[0].size[1] > 200  # the curves, 4 panels
+    # the label mix per iteration and this iteration's timings are tables with the ledgers' numbers
+    for d in ledgers:  # row: iteration, pairs per label source, total pairs
+        assert re.search(rf"<tr><td>{d['iteration']}</td>(<td class=num>\d+</td>)+"
+                         rf"<td class=num>{d['outputs']['preferences']['meta']['rows']}</td></tr>", html)
+    for stage, seconds in ledgers[1]["timings"].items():
+        assert f"<tr><td>{stage}</td><td class=num>{seconds:.2f}</td>" in html
     decision = ledgers[1]["decision"]
     for check in decision["checks"]:
         assert f"<td>{check['name']}</td>" in html
