@@ -103,6 +103,7 @@ def main() -> None:
 
     from components.config import load_config
     from components.workspace import Workspace
+    from flows import iteration
     from flows.iteration import in_process_run, iteration_flow
 
     @flow(name="bench-noop")
@@ -159,15 +160,17 @@ def main() -> None:
     assert rc == -signal.SIGKILL and w.read_ledger(1)["status"] == "running", "the child was not killed mid-iteration"
     after_kill = _stage_runs(ws, loop)
     done_before_kill = sorted(v for k, v in after_kill.items() if k not in before)
+    stage_s: dict[str, float] = {}  # this run's seconds per stage (the ledger keeps a cached stage's first time)
+    iteration._listeners.append(lambda stage, event, sec: stage_s.update({stage: sec}) if event == "done" else None)
     s = time.perf_counter()
     with in_process_run():
-        resumed = iteration_flow(files, [], str(ws))
+        iteration_flow(files, [], str(ws))
     resume_s = time.perf_counter() - s
+    iteration._listeners.clear()
     recomputed = sorted(v for k, v in _stage_runs(ws, loop).items() if k not in after_kill)
     if "train_policy" not in recomputed:
         print(f"NOTE: the kill landed after train_policy had finished (recomputed {recomputed}): use a smaller "
               "--kill-after", flush=True)
-    stage_s = dict(resumed["timings"])
     print(f"iteration 1 killed {kill_after} s into train_policy (stage runs opened before the kill: "
           f"{done_before_kill}); resume took {resume_s:.1f} s, recomputing {recomputed}; stage times on resume: "
           + ", ".join(f"{k} {v:.2f}" for k, v in stage_s.items()))

@@ -126,14 +126,19 @@ def _restore_champion(tracker: Tracker, ledger: dict) -> None:
         tracker.set_alias(POLICY, "champion", start["champion_version"])
 
 
-def _stage(name: str, task, **kwargs):
+def _stage(name: str, task, record: Callable[[str, float, bool], None], **kwargs):
+    """Run one stage task; `record(stage, seconds, cached)` gets its wall time and whether Prefect served it
+    from the cache."""
     for f in _listeners:
         f(name, "start", 0.0)
     t0 = time.perf_counter()
-    out = task(**kwargs)
+    state = task(**kwargs, return_state=True)
+    out = state.result()  # raises what the task raised, as calling it would
+    seconds = round(time.perf_counter() - t0, 2)
     for f in _listeners:
-        f(name, "done", time.perf_counter() - t0)
-    return out, round(time.perf_counter() - t0, 2)
+        f(name, "done", seconds)
+    record(name, seconds, state.name == "Cached")
+    return out
 
 
 @flow(name="alignloop-iteration")
@@ -190,30 +195,33 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
                    if d["iteration"] < i and d.get("status") == "finished"]
         timings = ledger["timings"]
 
-        prompts, timings["sample_prompts"] = _stage("sample_prompts", t.sample_prompts_task, ctx=ctx, cfg=cfg.sample,
-                                                    pool=pool)
-        rollouts, timings["generate"] = _stage("generate", t.generate_task, ctx=ctx, cfg=cfg.generate,
-                                               prompts=prompts, policy=champion, policy_source=s["champion_source"],
-                                               fanout=cfg.fanout)
-        prefs, timings["label"] = _stage("label", t.label_task, ctx=ctx, cfg=cfg.label, rollouts=rollouts,
-                                         reward_model=rm_prev, gold=cfg.gold,
-                                         human=[ArtifactRef(**h) for h in s.get("human_labels", [])])
-        rm, timings["train_reward"] = _stage("train_reward", t.train_reward_task, ctx=ctx, cfg=cfg.train_reward,
-                                             preferences=[*history, prefs],
-                                             init=cfg.train_reward.init or s["initial_source"],
-                                             launch=cfg.train_launch, previous=rm_prev, fanout=cfg.fanout)
-        candidate, timings["train_policy"] = _stage(
-            "train_policy", t.train_policy_task, ctx=ctx, cfg=cfg.train_policy, preferences=prefs, policy=champion,
-            policy_source=s["champion_source"], reference_source=reference, launch=cfg.train_launch,
-            prompts=prompts, pool=pool, reward_model=rm, label_cfg=cfg.label)
-        report, timings["evaluate"] = _stage(
-            "evaluate", t.evaluate_task, ctx=ctx, cfg=cfg.evaluate, gen=cfg.generate, label_cfg=cfg.label, pool=pool,
-            candidate=candidate, champion=champion, champion_source=s["champion_source"],
-            reference_source=s["initial_source"], reward_model=rm, gold=cfg.gold)
-        decision, timings["gate"] = _stage("gate", t.gate_task, ctx=ctx, report=report, candidate=candidate)
+        def record(stage: str, seconds: float, cached: bool) -> None:
+            # A stage served from the cache keeps the time it took when it ran, so a resumed iteration's report
+            # and timing metrics show compute, not cache lookups; the ledger keeps them across a crash.
+            if not (cached and stage in timings):
+                timings[stage] = seconds
+                ws.write_ledger(i, ledger)
+
+        prompts = _stage("sample_prompts", t.sample_prompts_task, record, ctx=ctx, cfg=cfg.sample, pool=pool)
+        rollouts = _stage("generate", t.generate_task, record, ctx=ctx, cfg=cfg.generate, prompts=prompts,
+                          policy=champion, policy_source=s["champion_source"], fanout=cfg.fanout)
+        prefs = _stage("label", t.label_task, record, ctx=ctx, cfg=cfg.label, rollouts=rollouts, reward_model=rm_prev,
+                       gold=cfg.gold, human=[ArtifactRef(**h) for h in s.get("human_labels", [])])
+        rm = _stage("train_reward", t.train_reward_task, record, ctx=ctx, cfg=cfg.train_reward,
+                    preferences=[*history, prefs], init=cfg.train_reward.init or s["initial_source"],
+                    launch=cfg.train_launch, previous=rm_prev, fanout=cfg.fanout)
+        candidate = _stage("train_policy", t.train_policy_task, record, ctx=ctx, cfg=cfg.train_policy,
+                           preferences=prefs, policy=champion, policy_source=s["champion_source"],
+                           reference_source=reference, launch=cfg.train_launch, prompts=prompts, pool=pool,
+                           reward_model=rm, label_cfg=cfg.label)
+        report = _stage("evaluate", t.evaluate_task, record, ctx=ctx, cfg=cfg.evaluate, gen=cfg.generate,
+                        label_cfg=cfg.label, pool=pool, candidate=candidate, champion=champion,
+                        champion_source=s["champion_source"], reference_source=s["initial_source"], reward_model=rm,
+                        gold=cfg.gold)
+        decision = _stage("gate", t.gate_task, record, ctx=ctx, report=report, candidate=candidate)
         outputs = {"prompts": prompts, "rollouts": rollouts, "preferences": prefs, "reward_model": rm,
                    "candidate": candidate, "eval_report": report}
-        data_rev, timings["version"] = _stage("version", t.version_task, ctx=ctx, outputs=outputs)
+        data_rev = _stage("version", t.version_task, record, ctx=ctx, outputs=outputs)
     except BaseException as err:
         if isinstance(err, Exception):  # retries spent: a permanent failure, not a crash (a crash resumes)
             _restore_champion(tracker, ledger)
