@@ -5,7 +5,8 @@
 Each size runs one iteration through the flow in a fresh process and a fresh workspace; the seed pairs labelled
 in iteration 0 grow with the prompts (4 per prompt) so training scales too, while the held-out evaluation stays
 fixed (it does not depend on the iteration's prompts). Reported per size: the iteration's wall time (timed after
-the process's start-up: imports and the ephemeral Prefect server, reported apart), the sum of its stages, the
+the process's start-up, reported apart: imports, the ephemeral Prefect server, the workspace's MLflow database and
+DVC repository), the sum of its stages, the
 per-stage times, and the peak RSS of the process that runs the stages (the Prefect server is a separate process,
 not included).
 """
@@ -28,9 +29,15 @@ def child(files: list[str], ws: str) -> None:
     t0 = time.perf_counter()
     common.use_workspace(Path(ws))
     common.warm_imports()
+    import dvc.repo  # noqa: F401
+    import mlflow  # noqa: F401
+    import networkx  # noqa: F401  (dvc imports it lazily on the first `add`)
     from prefect import flow
 
+    from components.config import load_config
     from flows.iteration import in_process_run, iteration_flow
+
+    common.prepare_workspace(Path(ws), load_config(files).name)  # MLflow database, DVC repo: once per loop
 
     @flow(name="bench-noop")
     def noop() -> int:
