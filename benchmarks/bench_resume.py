@@ -161,12 +161,16 @@ def main() -> None:
     after_kill = _stage_runs(ws, loop)
     done_before_kill = sorted(v for k, v in after_kill.items() if k not in before)
     stage_s: dict[str, float] = {}  # this run's seconds per stage (the ledger keeps a cached stage's first time)
-    iteration._listeners.append(lambda stage, event, sec: stage_s.update({stage: sec}) if event == "done" else None)
+    def listen(stage: str, event: str, sec: float) -> None:
+        if event == "done":
+            stage_s[stage] = sec
+
+    iteration._listeners.append(listen)
     s = time.perf_counter()
     with in_process_run():
         iteration_flow(files, [], str(ws))
     resume_s = time.perf_counter() - s
-    iteration._listeners.clear()
+    iteration._listeners.remove(listen)
     recomputed = sorted(v for k, v in _stage_runs(ws, loop).items() if k not in after_kill)
     if "train_policy" not in recomputed:
         print(f"NOTE: the kill landed after train_policy had finished (recomputed {recomputed}): use a smaller "

@@ -80,7 +80,7 @@ def _fingerprint(root: Path) -> str:
     """Names, sizes and mtimes of the files under `root`: stat calls only, no reads."""
     import hashlib
 
-    stats = sorted((f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+    stats = sorted((f.relative_to(root).as_posix(), (st := f.stat()).st_size, st.st_mtime_ns)
                    for f in root.rglob("*") if f.is_file())
     return hashlib.sha256(repr(stats).encode()).hexdigest()
 
