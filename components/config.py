@@ -89,6 +89,19 @@ class JudgeConfig(_Frozen):
     )
 
 
+class EnsembleConfig(_Frozen):
+    """The reward-model ensemble: how many members train_reward trains, and how every stage that scores (label,
+    train_policy's RL reward and probe, evaluate) combines their rewards into one."""
+
+    members: int = Field(3, ge=1, description="Ensemble size K; members differ by seed and bootstrap resample.")
+    aggregation: Literal["mean", "worst_case", "uncertainty_weighted"] = Field(
+        "mean",
+        description="How member rewards r_1..r_K combine: mean; worst_case = min_k r_k;"
+        " uncertainty_weighted = mean - uw_lambda * var_k r_k.",
+    )
+    uw_lambda: float = Field(1.0, ge=0, description="Variance penalty λ of `uncertainty_weighted`.")
+
+
 class LabelConfig(_Frozen):
     """Stage 3, label: score completions, build pairs, keep the ones the labeler is sure about."""
 
@@ -97,12 +110,6 @@ class LabelConfig(_Frozen):
         description="ensemble: reward-model ensemble (the product); gold: the toy's hidden oracle labels every"
         " pair (the upper bound other runs are compared with; needs `gold: toy`).",
     )
-    aggregation: Literal["mean", "worst_case", "uncertainty_weighted"] = Field(
-        "mean",
-        description="How member rewards r_1..r_K combine: mean; worst_case = min_k r_k;"
-        " uncertainty_weighted = mean - uw_lambda * var_k r_k.",
-    )
-    uw_lambda: float = Field(1.0, ge=0, description="Variance penalty of `uncertainty_weighted`.")
     min_margin_over_std: float = Field(
         1.0,
         ge=0,
@@ -157,7 +164,6 @@ TRAINER_ARGS_DOC = (
 class RewardConfig(_Frozen):
     """Stage 4, train_reward: Bradley-Terry reward-model ensemble, warm-started and trained on a replay buffer."""
 
-    members: int = Field(3, ge=1, description="Ensemble size K; members differ by seed and bootstrap resample.")
     init: str | None = Field(
         None, description="Backbone to start members from (from_pretrained path/hub id); None = the initial policy."
     )
@@ -209,9 +215,6 @@ class RLConfig(_Frozen):
     num_generations: int = Field(4, ge=2, description="Completions per prompt (the leave-one-out / group baseline).")
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(
-        0.05, ge=0, description="β of the KL penalty to the reference (initial value under adaptive control); 0 = none."
-    )
     kl_control: Literal["fixed", "adaptive"] = Field(
         "fixed", description="adaptive: Ziegler et al.'s proportional controller moves β toward `kl_target`."
     )
@@ -227,6 +230,24 @@ class RLConfig(_Frozen):
     prompt_repeats: int = Field(1, ge=1, description="Passes over this iteration's prompts per epoch.")
 
 
+class DPOConfig(_Frozen):
+    """train_policy.algo = dpo: the DPO loss variant and its SFT term (β is `train_policy.beta`)."""
+
+    loss_type: Literal["sigmoid", "ipo", "robust"] = Field(
+        "sigmoid", description="TRL DPO loss: sigmoid (Rafailov et al.); ipo (squared, no over-confidence);"
+        " robust (label-smoothed 0.1 for noisy labels). sigmoid by default: our labels are filtered for confidence."
+    )
+    sft_coef: float = Field(0.0, ge=0, description="RPO: weight of an SFT (NLL) term on chosen responses.")
+
+
+class ProbeConfig(_Frozen):
+    """After the update, fresh samples on held-out prompts estimate KL to the reference, entropy, length, reward."""
+
+    prompts: int = Field(32, ge=1, description="Held-out prompts sampled after the update.")
+    samples: int = Field(2, ge=1, description="Completions per probe prompt.")
+    max_new_tokens: int = Field(32, ge=1, description="Length limit of a probe completion.")
+
+
 class PolicyConfig(_Frozen):
     """Stage 5, train_policy: DPO on the labelled pairs, or online RL against the reward-model ensemble."""
 
@@ -235,32 +256,30 @@ class PolicyConfig(_Frozen):
         " leave-one-out with the KL penalty in the reward (the RLHF objective E[r] − β·KL; TRL core trainer);"
         " grpo: group-normalised advantages with the KL term in the loss."
     )
-    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the implicit KL to the reference.")
+    beta: float = Field(
+        0.1, ge=0, description="β, the strength of the KL regulariser of E[r] − β·KL(π || π_ref): DPO's temperature"
+        " (> 0), the RL KL-penalty coefficient (initial value under rl.kl_control = adaptive; 0 = none)."
+    )
     learning_rate: float = Field(1e-4, gt=0, description="1e-4 suits tiny from-scratch models; use ~5e-7 for 7B.")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(
         16, ge=1, description="Pairs (dpo) or completions (rl; a multiple of rl.num_generations) per optimizer step."
     )
-    loss_type: Literal["sigmoid", "ipo", "robust"] = Field(
-        "sigmoid", description="TRL DPO loss: sigmoid (Rafailov et al.); ipo (squared, no over-confidence);"
-        " robust (label-smoothed 0.1 for noisy labels). sigmoid by default: our labels are filtered for confidence."
-    )
-    sft_coef: float = Field(0.0, ge=0, description="RPO: weight of an SFT (NLL) term on chosen responses.")
     reference: Literal["initial", "previous"] = Field(
         "initial", description="initial: the loop's starting policy (fixed anchor, so KL in the gate is total drift;"
         " default); previous: the champion (allows larger total drift, one trust region per iteration)."
     )
     max_length: int = Field(64, ge=8)
+    dpo: DPOConfig = DPOConfig()
     rl: RLConfig = RLConfig()
     lora: LoraSettings = LoraSettings()
     trainer_args: dict[str, Any] = Field(default_factory=dict, description=TRAINER_ARGS_DOC)
-    probe_prompts: int = Field(
-        32, ge=1, description="Held-out prompts sampled after the update to estimate KL, entropy, length, reward."
-    )
-    probe_samples: int = Field(2, ge=1, description="Completions per probe prompt.")
+    probe: ProbeConfig = ProbeConfig()
 
     @model_validator(mode="after")
     def _rl_batch(self) -> PolicyConfig:
+        if self.algo == "dpo" and self.beta <= 0:
+            raise ValueError("beta must be > 0 for algo=dpo (it is DPO's temperature)")
         if self.algo != "dpo" and self.batch_size % self.rl.num_generations:
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of rl.num_generations="
                              f"{self.rl.num_generations}")
@@ -270,10 +289,11 @@ class PolicyConfig(_Frozen):
 class GateCheck(_Frozen):
     """One check of the gate: a metric of the evaluation, a bound, and whether failing it blocks promotion.
 
-    Metrics (see `components.stages.evaluate`): per-model ones (`proxy_reward`, `gold_reward`, `kl`,
-    `mean_tokens`, `regression_logp`) are read for the candidate, or compared with the champion's by
-    `vs_champion`; paired ones (`proxy_win_rate.ci_low`, `heldout_win_rate.value`, `lc_heldout_win_rate.ci_low`,
-    `reward_hacking`, ...) are candidate-vs-champion already and take an absolute bound.
+    `metric` is the name the evaluate stage logs to MLflow (components/stages/evaluate.py): per-model metrics
+    `evaluate/candidate/<m>` (proxy_reward, gold_reward, kl, mean_tokens, regression_logp), which `vs_champion`
+    compares with `evaluate/champion/<m>`; paired ones, candidate vs champion already, take an absolute bound:
+    `evaluate/<signal>_win_rate/<value|ci_low|ci_high|n>` (signal: proxy, heldout, lc_proxy, lc_heldout) and
+    `evaluate/reward_hacking`.
     """
 
     name: str = Field(description="Label in the gate table and in rejection reasons.")
@@ -289,6 +309,12 @@ class GateCheck(_Frozen):
 
     @model_validator(mode="after")
     def _bounded(self) -> GateCheck:
+        if not self.metric.startswith("evaluate/"):
+            raise ValueError(f"gate check {self.name!r}: metric {self.metric!r} is not an evaluation metric's MLflow "
+                             "name (e.g. evaluate/candidate/kl, evaluate/proxy_win_rate/ci_low)")
+        if self.vs_champion != "none" and "/candidate/" not in self.metric:
+            raise ValueError(f"gate check {self.name!r}: vs_champion needs a per-model metric "
+                             f"(evaluate/candidate/<m>), got {self.metric!r}")
         if all(b is None for b in (self.above, self.at_least, self.below, self.at_most)):
             raise ValueError(f"gate check {self.name!r} has no bound (set above, at_least, below or at_most)")
         if (self.above is not None and self.at_least is not None) or (
@@ -298,7 +324,9 @@ class GateCheck(_Frozen):
 
 
 class GateConfig(_Frozen):
-    """The promotion rule: every blocking check must pass for the candidate to become champion.
+    """The gate: decided by the gate task from the stored evaluation report, so changing a threshold re-decides
+    (`alignloop promote --version N`) without re-sampling. Every blocking check must pass for the candidate to
+    become champion.
 
     `checks` unset = the standard checks, built from the thresholds below by `components.gating.standard_checks`:
     proxy win rate, KL budget, length ratio, and with a held-out judge its win rate and the reward-hacking check
@@ -330,7 +358,7 @@ class GateConfig(_Frozen):
 
 
 class EvalConfig(_Frozen):
-    """Stage 6, evaluate + gate: candidate vs champion on the held-out split."""
+    """Stage 6, evaluate: candidate vs champion on the held-out split (the decision is the gate's, `gate:`)."""
 
     n_prompts: int = Field(64, ge=1, description="Held-out prompts (eval split) scored per iteration.")
     samples_per_prompt: int = Field(4, ge=1)
@@ -342,7 +370,6 @@ class EvalConfig(_Frozen):
         " prompt and completion columns; 'none' = no regression check."
     )
     regression_best_of: int = Field(8, ge=1, description="'toy' regression set: corpus reviews drawn per prompt.")
-    gate: GateConfig = GateConfig()
 
 
 class LaunchConfig(_Frozen):
@@ -402,6 +429,8 @@ class LoopConfig(_Frozen):
     train_reward: RewardConfig = RewardConfig()
     train_policy: PolicyConfig = PolicyConfig()
     evaluate: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     train_launch: LaunchConfig = LaunchConfig()
     fanout: FanoutConfig = FanoutConfig()
     report: bool = Field(
@@ -420,11 +449,39 @@ class LoopConfig(_Frozen):
         needs_gold = self.label.labeler == "gold" or self.label.seed_gold_pairs > 0
         if needs_gold and self.gold is None:
             raise ValueError("label.labeler='gold' or label.seed_gold_pairs > 0 needs `gold: toy`")
-        if self.evaluate.gate.heldout_judge == "gold" and self.gold is None:
-            raise ValueError("evaluate.gate.heldout_judge='gold' needs `gold: toy`")
+        if self.gate.heldout_judge == "gold" and self.gold is None:
+            raise ValueError("gate.heldout_judge='gold' needs `gold: toy`")
         if self.evaluate.regression_set == "toy" and self.gold is None:
             raise ValueError("evaluate.regression_set='toy' needs `gold: toy` (or a Parquet path, or 'none')")
         return self
+
+
+# Keys that moved to the section of the stage that owns them: an old key is an error naming its new place.
+MOVED = {
+    "label.aggregation": "ensemble.aggregation",
+    "label.uw_lambda": "ensemble.uw_lambda",
+    "train_reward.members": "ensemble.members",
+    "evaluate.gate": "gate",
+    "train_policy.loss_type": "train_policy.dpo.loss_type",
+    "train_policy.sft_coef": "train_policy.dpo.sft_coef",
+    "train_policy.rl.kl_coef": "train_policy.beta",
+    "train_policy.probe_prompts": "train_policy.probe.prompts",
+    "train_policy.probe_samples": "train_policy.probe.samples",
+}
+
+
+def _moved_keys(tree: dict) -> list[str]:
+    found = []
+    for old, new in MOVED.items():
+        node: Any = tree
+        for key in old.split("."):
+            node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            found.append(f"  {old}: moved to {new}")
+    return found
+
+
+_MISSING = object()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -468,6 +525,9 @@ def load_config(paths: str | Path | list, overrides: list[str] | tuple[str, ...]
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         _set_path(tree, key.strip(), yaml.safe_load(raw))
+    moved = _moved_keys(tree)
+    if moved:
+        raise ConfigError(f"{' + '.join(map(str, paths))}: invalid config\n" + "\n".join(moved))
     try:
         return LoopConfig.model_validate(tree)
     except ValidationError as err:
