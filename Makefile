@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # dvc.yaml commands say `python`: the venv's
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Environment defaults: the Python code's single definition is components/env.py (TELEMETRY_OFF, TOY_DEFAULTS,
+# RUNTIME); these exports repeat the ones `make` targets need (the embedded default and the tests). Keep in step.
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -36,7 +38,7 @@ test-service: install  ## only the crash-resume, schedule and permanent-failure 
 	$(BIN)/python -m pytest tests/service -q -m service
 
 lint: install
-	$(BIN)/ruff check components tasks flows tests benchmarks
+	$(BIN)/ruff check components tasks flows infra tests benchmarks
 
 clean:
 	rm -rf $(WORKSPACE)

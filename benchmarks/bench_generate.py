@@ -38,33 +38,11 @@ def raw_generate(model, tok, prompts: list[str], n: int, *, batch_size: int, max
     return len(jobs), tokens
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=128)  # the embedded default's generate stage: 128 × 8
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
-    ap.add_argument("--policy", default=None, help="checkpoint directory (default: the embedded default's policy)")
-    args = ap.parse_args()
-    common.setup_env(common.scratch("generate"))
-    common.warm_imports()
-    import pyarrow.parquet as pq
-
-    from components.backends import hf
-    from components.config import GenerateConfig
+def alternate(args, cfg, model, tok, prompts, policy: str, seed: int) -> dict[str, list[tuple[float, float]]]:
+    """Raw generate and the stage, alternating `args.repeats` times: (completions/s, tokens/s) per run."""
     from components.stages import generate
 
-    boot = common.bootstrap()
-    policy = args.policy or str(boot["policy"])
-    prompts = pq.read_table(boot["prompts"]).slice(0, args.prompts)
     texts = prompts["prompt"].to_pylist()
-    cfg = GenerateConfig(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size, backend=args.backend)
-    model, tok = hf.load_causal_lm(policy)
-    seed = 1234
-
     rows = {"raw": [], "stage": [], "stage_decode": []}
     for r in range(args.repeats):
         s = time.perf_counter()
@@ -81,6 +59,48 @@ def main() -> None:
         rows["stage_decode"].append((table.num_rows / stats["seconds"], stats["tokens_per_s"]))
         print(f"repeat {r}: raw {rows['raw'][-1][1]:.0f} tok/s ({tokens} tokens), stage {rows['stage'][-1][1]:.0f}"
               f" tok/s ({n_tok} tokens), stage decode-only {stats['tokens_per_s']:.0f} tok/s", flush=True)
+    return rows
+
+
+def batch_scaling(cfg, prompts, policy: str, seed: int) -> dict[int, float]:
+    """The stage's decode tokens/s at batch sizes 16, 64, 256."""
+    from components.stages import generate
+
+    scaling = {}
+    for bs in (16, 64, 256):
+        s = time.perf_counter()
+        _, stats = generate.run(cfg.model_copy(update={"batch_size": bs}), prompts, policy, policy_sha="b", seed=seed)
+        scaling[bs] = stats["tokens_per_s"]
+        print(f"  batch {bs:4d}: {stats['tokens_per_s']:8.0f} tokens/s (decode), {time.perf_counter() - s:.1f} s")
+    return scaling
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=128)  # the embedded default's generate stage: 128 × 8
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--policy", default=None, help="checkpoint directory (default: the embedded default's policy)")
+    args = ap.parse_args()
+    common.setup_env(common.scratch("generate"))
+    common.warm_imports()
+    import pyarrow.parquet as pq
+
+    from components.backends import hf
+    from components.config import GenerateConfig
+
+    boot = common.bootstrap()
+    policy = args.policy or str(boot["policy"])
+    prompts = pq.read_table(boot["prompts"]).slice(0, args.prompts)
+    cfg = GenerateConfig(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size, backend=args.backend)
+    model, tok = hf.load_causal_lm(policy)
+    seed = 1234
+
+    rows = alternate(args, cfg, model, tok, prompts, policy, seed)
     med = {k: (statistics.median(c for c, _ in v), statistics.median(t for _, t in v)) for k, v in rows.items()}
     ratio = med["stage"][1] / med["raw"][1]
     ratio_decode = med["stage_decode"][1] / med["raw"][1]
@@ -90,12 +110,7 @@ def main() -> None:
         print(f"  {k:13s} {c:8.1f} completions/s {t:9.0f} tokens/s")
     print(f"stage / raw tokens/s: end to end {ratio:.3f}, decode only {ratio_decode:.3f} (target ≥ 0.95)")
 
-    scaling = {}
-    for bs in (16, 64, 256):
-        s = time.perf_counter()
-        _, stats = generate.run(cfg.model_copy(update={"batch_size": bs}), prompts, policy, policy_sha="b", seed=seed)
-        scaling[bs] = stats["tokens_per_s"]
-        print(f"  batch {bs:4d}: {stats['tokens_per_s']:8.0f} tokens/s (decode), {time.perf_counter() - s:.1f} s")
+    scaling = batch_scaling(cfg, prompts, policy, seed)
     common.emit("generate", {
         "prompts": args.prompts, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "backend": args.backend, "repeats": args.repeats,

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import common
@@ -83,6 +84,106 @@ def run_child(files: list[str], ws: Path, root: Path, kill_after: float | None, 
     return rc, lines
 
 
+@dataclass
+class Loop:
+    """One benchmark loop: its config files, workspace, scratch root and MLflow experiment name."""
+
+    files: list[str]
+    ws: Path
+    root: Path
+    name: str
+
+    def new_stage_runs(self, before: dict[str, str]) -> set[str]:
+        return {v for k, v in _stage_runs(self.ws, self.name).items() if k not in before}
+
+    def reopen(self, first: dict) -> dict[str, str]:
+        """Mark iteration 0 running again (as a crash would leave it); returns the stage runs so far."""
+        from components.workspace import Workspace
+
+        before = _stage_runs(self.ws, self.name)
+        Workspace.at(self.ws).write_ledger(0, dict(first, status="running"))
+        return before
+
+
+def in_process_iteration(loop: Loop) -> tuple[dict, float]:
+    """One iteration through the flow in this process, as `alignloop run` runs it; (ledger, seconds)."""
+    from flows.iteration import in_process_run, iteration_flow
+
+    s = time.perf_counter()
+    with in_process_run():
+        ledger = iteration_flow(loop.files, [], str(loop.ws))
+    return ledger, time.perf_counter() - s
+
+
+def rerun_finished(loop: Loop, first: dict) -> dict:
+    """Re-run the finished iteration 0: warm in this process, in a fresh process with an ephemeral server, and in
+    a fresh process against a running server (what `alignloop run` pays with `alignloop stack up`)."""
+    before = loop.reopen(first)
+    again, warm_s = in_process_iteration(loop)
+    assert again["outputs"] == first["outputs"], "a re-run changed the iteration's outputs"
+    recomputed_warm = loop.new_stage_runs(before)
+    before = loop.reopen(first)
+    _, cold = run_child(loop.files, loop.ws, loop.root, None)
+    recomputed_cold = loop.new_stage_runs(before)
+    # what `alignloop run` pays against a running server (`alignloop stack up`): no ephemeral server start
+    from infra import stack
+
+    srv = loop.root / "prefect-server"
+    api = stack.prefect_server(srv, stack.free_port(), dict(os.environ))
+    try:
+        before = loop.reopen(first)
+        _, served = run_child(loop.files, loop.ws, loop.root, None, api_url=api)
+        recomputed_cold |= loop.new_stage_runs(before)
+    finally:
+        stack.stop(srv, "prefect")
+    return {"warm_s": warm_s, "recomputed_warm": recomputed_warm, "cold": cold[-1], "served": served[-1],
+            "recomputed_cold": recomputed_cold}
+
+
+def kill_and_resume(loop: Loop, kill_after: float) -> dict:
+    """SIGKILL iteration 1 `kill_after` s into train_policy (in a child), then resume it in this process."""
+    from components.workspace import Workspace
+    from flows import iteration
+
+    before = _stage_runs(loop.ws, loop.name)
+    rc, _ = run_child(loop.files, loop.ws, loop.root, kill_after)
+    assert rc == -signal.SIGKILL and Workspace.at(loop.ws).read_ledger(1)["status"] == "running", \
+        "the child was not killed mid-iteration"
+    after_kill = _stage_runs(loop.ws, loop.name)
+    done_before_kill = sorted(v for k, v in after_kill.items() if k not in before)
+    stage_s: dict[str, float] = {}  # this run's seconds per stage (the ledger keeps a cached stage's first time)
+
+    def listen(stage: str, event: str, sec: float) -> None:
+        if event == "done":
+            stage_s[stage] = sec
+
+    iteration._listeners.append(listen)
+    _, resume_s = in_process_iteration(loop)
+    iteration._listeners.remove(listen)
+    recomputed = sorted(loop.new_stage_runs(after_kill))
+    if "train_policy" not in recomputed:
+        print(f"NOTE: the kill landed after train_policy had finished (recomputed {recomputed}): use a smaller "
+              "--kill-after", flush=True)
+    print(f"iteration 1 killed {kill_after} s into train_policy (stage runs opened before the kill: "
+          f"{done_before_kill}); resume took {resume_s:.1f} s, recomputing {recomputed}; stage times on resume: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in stage_s.items()))
+    return {"kill_after_s_into_train_policy": kill_after, "stages_run_before_kill": done_before_kill,
+            "resume_after_kill_s": resume_s, "resume_recomputed_stages": recomputed, "resume_stage_s": stage_s}
+
+
+def start_server() -> float:
+    """Seconds to the first flow run: the ephemeral Prefect server's start."""
+    from prefect import flow
+
+    @flow(name="bench-noop")
+    def noop() -> int:
+        return 0
+
+    s = time.perf_counter()
+    noop()
+    return time.perf_counter() - s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kill-after", type=float, default=None, help="seconds into train_policy (default 0.5)")
@@ -99,94 +200,28 @@ def main() -> None:
     ws = root / "ws"
     common.use_workspace(ws)
     common.warm_imports()
-    from prefect import flow
-
     from components.config import load_config
-    from components.workspace import Workspace
-    from flows import iteration
-    from flows.iteration import in_process_run, iteration_flow
+    from flows import iteration  # noqa: F401  (imported before the server start is timed, as ever)
 
-    @flow(name="bench-noop")
-    def noop() -> int:
-        return 0
-
-    s = time.perf_counter()
-    noop()
-    server_start = time.perf_counter() - s
+    server_start = start_server()
     files = common.config_files(root)
-    loop = load_config(files).name
-    w = Workspace.at(ws)
-
-    s = time.perf_counter()
-    with in_process_run():
-        first = iteration_flow(files, [], str(ws))
-    full_s = time.perf_counter() - s
-
-    def rerun_warm() -> tuple[float, set[str]]:
-        before = _stage_runs(ws, loop)
-        w.write_ledger(0, dict(first, status="running"))
-        s = time.perf_counter()
-        with in_process_run():
-            again = iteration_flow(files, [], str(ws))
-        dt = time.perf_counter() - s
-        assert again["outputs"] == first["outputs"], "a re-run changed the iteration's outputs"
-        return dt, {v for k, v in _stage_runs(ws, loop).items() if k not in before}
-
-    warm_s, recomputed_warm = rerun_warm()
-    before = _stage_runs(ws, loop)
-    w.write_ledger(0, dict(first, status="running"))
-    _, cold = run_child(files, ws, root, None)
-    recomputed_cold = {v for k, v in _stage_runs(ws, loop).items() if k not in before}
-    # what `alignloop run` pays against a running server (`alignloop stack up`): no ephemeral server start
-    from flows import stack
-
-    srv = root / "prefect-server"
-    api = stack.prefect_server(srv, stack.free_port(), dict(os.environ))
-    try:
-        before = _stage_runs(ws, loop)
-        w.write_ledger(0, dict(first, status="running"))
-        _, served = run_child(files, ws, root, None, api_url=api)
-        recomputed_cold |= {v for k, v in _stage_runs(ws, loop).items() if k not in before}
-    finally:
-        stack.stop(srv, "prefect")
-    print(f"iteration 0: full run {full_s:.1f} s; re-run of the finished iteration: warm {warm_s:.2f} s, "
-          f"fresh process with an ephemeral server {cold[-1]['flow_s']:.2f} s in the flow + start-up = "
-          f"{cold[-1]['process_s']:.1f} s, fresh process against a running server {served[-1]['flow_s']:.2f} s in "
-          f"the flow + start-up = {served[-1]['process_s']:.1f} s (target ≤ 5 s); stages recomputed: warm "
-          f"{sorted(recomputed_warm) or 'none'}, fresh {sorted(recomputed_cold) or 'none'}", flush=True)
-
-    before = _stage_runs(ws, loop)
-    rc, _ = run_child(files, ws, root, kill_after)
-    assert rc == -signal.SIGKILL and w.read_ledger(1)["status"] == "running", "the child was not killed mid-iteration"
-    after_kill = _stage_runs(ws, loop)
-    done_before_kill = sorted(v for k, v in after_kill.items() if k not in before)
-    stage_s: dict[str, float] = {}  # this run's seconds per stage (the ledger keeps a cached stage's first time)
-    def listen(stage: str, event: str, sec: float) -> None:
-        if event == "done":
-            stage_s[stage] = sec
-
-    iteration._listeners.append(listen)
-    s = time.perf_counter()
-    with in_process_run():
-        iteration_flow(files, [], str(ws))
-    resume_s = time.perf_counter() - s
-    iteration._listeners.remove(listen)
-    recomputed = sorted(v for k, v in _stage_runs(ws, loop).items() if k not in after_kill)
-    if "train_policy" not in recomputed:
-        print(f"NOTE: the kill landed after train_policy had finished (recomputed {recomputed}): use a smaller "
-              "--kill-after", flush=True)
-    print(f"iteration 1 killed {kill_after} s into train_policy (stage runs opened before the kill: "
-          f"{done_before_kill}); resume took {resume_s:.1f} s, recomputing {recomputed}; stage times on resume: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in stage_s.items()))
+    loop = Loop(files, ws, root, load_config(files).name)
+    first, full_s = in_process_iteration(loop)
+    rerun = rerun_finished(loop, first)
+    cold, served, warm_r, cold_r = rerun["cold"], rerun["served"], rerun["recomputed_warm"], rerun["recomputed_cold"]
+    print(f"iteration 0: full run {full_s:.1f} s; re-run of the finished iteration: warm {rerun['warm_s']:.2f} s, "
+          f"fresh process with an ephemeral server {cold['flow_s']:.2f} s in the flow + start-up = "
+          f"{cold['process_s']:.1f} s, fresh process against a running server {served['flow_s']:.2f} s in "
+          f"the flow + start-up = {served['process_s']:.1f} s (target ≤ 5 s); stages recomputed: warm "
+          f"{sorted(warm_r) or 'none'}, fresh {sorted(cold_r) or 'none'}", flush=True)
+    resumed = kill_and_resume(loop, kill_after)
     common.emit("resume", {
         "prefect_server_start_s": server_start, "iteration_full_s": full_s,
-        "rerun_finished_warm_s": warm_s, "rerun_finished_fresh_process_flow_s": cold[-1]["flow_s"],
-        "rerun_finished_fresh_process_total_s": cold[-1]["process_s"],
-        "rerun_finished_fresh_process_running_server_flow_s": served[-1]["flow_s"],
-        "rerun_finished_fresh_process_running_server_total_s": served[-1]["process_s"],
-        "rerun_recomputed_stages": sorted(recomputed_warm | recomputed_cold),
-        "kill_after_s_into_train_policy": kill_after, "stages_run_before_kill": done_before_kill,
-        "resume_after_kill_s": resume_s, "resume_recomputed_stages": recomputed, "resume_stage_s": stage_s})
+        "rerun_finished_warm_s": rerun["warm_s"], "rerun_finished_fresh_process_flow_s": cold["flow_s"],
+        "rerun_finished_fresh_process_total_s": cold["process_s"],
+        "rerun_finished_fresh_process_running_server_flow_s": served["flow_s"],
+        "rerun_finished_fresh_process_running_server_total_s": served["process_s"],
+        "rerun_recomputed_stages": sorted(warm_r | cold_r), **resumed})
 
 
 if __name__ == "__main__":

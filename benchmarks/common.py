@@ -25,13 +25,9 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ first
 def setup_env(root: Path) -> None:
     """Offline, telemetry off, one thread; an isolated Prefect home (ephemeral server DB) under `root`.
     Must run before prefect is imported."""
-    env = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-           "PREFECT_LOGGING_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
+    from components.env import apply_defaults
+
+    apply_defaults(offline=True, quiet=True, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     os.environ["PREFECT_HOME"] = str(root / "prefect-home")
     os.environ["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] = "true"
     os.environ.pop("PREFECT_API_URL", None)  # ephemeral server: its start-up is what we separate out
@@ -53,7 +49,7 @@ def run_from_snapshot(argv: list[str]) -> None:
     if os.environ.get("BENCH_SNAPSHOT"):
         return
     snap = scratch("code")
-    for name in ("components", "tasks", "flows", "benchmarks", "configs"):
+    for name in ("components", "tasks", "flows", "infra", "benchmarks", "configs"):
         shutil.copytree(REPO / name, snap / name, ignore=shutil.ignore_patterns("__pycache__"))
     os.environ["BENCH_SNAPSHOT"] = str(snap)
     os.environ.setdefault("BENCH_DATA", str(REPO / "data"))

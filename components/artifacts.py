@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from components.faults import fault_point
 from components.schemas import conform, schema_of
 
 
@@ -106,8 +107,6 @@ class ArtifactStore:
         dest = self.root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
-            from components.lineage import fault_point  # lineage imports this module: import at call time
-
             fault_point(f"publish:{kind}")  # crash tests die here: written in full to staging, not yet visible
             try:
                 os.rename(staged, dest)  # atomic on one filesystem: the artifact appears whole or not at all

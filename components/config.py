@@ -41,6 +41,12 @@ class GenerateConfig(_Frozen):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(128, ge=1, description="Prompts×samples decoded together in one `generate` call.")
+    shards: int = Field(
+        1, ge=1, description="Contiguous prompt shards, each sampled with a seed derived from (seed, shard) (at most"
+        " one per prompt; 1 = no sharding). With fanout.task_runner: ray, one Ray task per shard (fanout.num_cpus/"
+        "num_gpus as for members); otherwise the shards run one after another in the generate task, with the same"
+        " rollouts."
+    )
     backend: Literal["hf", "vllm"] = Field(
         "hf",
         description="hf: transformers generate (CPU or GPU); vllm: vLLM's offline engine (needs the `vllm` extra"
@@ -404,13 +410,6 @@ class FanoutConfig(_Frozen):
     )
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per member task (node CPUs / it = parallelism).")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs reserved per member task (1 = one member per GPU).")
-    generate_shards: int = Field(
-        1, ge=1, description="generate: contiguous prompt shards, each sampled with a seed derived from (seed, shard)"
-        " (at most one per prompt; 1 = no sharding). ray: one Ray task per shard (num_cpus/num_gpus"
-        " as for members); local: the shards run one after another in the generate task, with the same rollouts."
-    )
-
-
 class LoopConfig(_Frozen):
     """A whole continual-RLHF loop: models, data, and one config per stage."""
 
@@ -467,6 +466,7 @@ MOVED = {
     "train_policy.rl.kl_coef": "train_policy.beta",
     "train_policy.probe_prompts": "train_policy.probe.prompts",
     "train_policy.probe_samples": "train_policy.probe.samples",
+    "fanout.generate_shards": "generate.shards",
 }
 
 

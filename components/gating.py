@@ -50,23 +50,25 @@ def standard_checks(gate: GateConfig, metrics: dict[str, float]) -> tuple[GateCh
     evaluation had a regression set (its metrics exist)."""
     win = gate.min_win_rate_lower
     checks = [
-        GateCheck(name="proxy_win_rate", metric="proxy_win_rate.ci_low", above=win),
-        GateCheck(name="kl_budget", metric="kl", at_most=gate.max_kl),
-        GateCheck(name="length_ratio", metric="mean_tokens", vs_champion="ratio",
+        GateCheck(name="proxy_win_rate", metric="evaluate/proxy_win_rate/ci_low", above=win),
+        GateCheck(name="kl_budget", metric="evaluate/candidate/kl", at_most=gate.max_kl),
+        GateCheck(name="length_ratio", metric="evaluate/candidate/mean_tokens", vs_champion="ratio",
                   at_least=1 / gate.max_length_ratio, at_most=gate.max_length_ratio),
     ]
     if gate.heldout_judge != "none":
         checks += [
-            GateCheck(name="heldout_win_rate", metric="heldout_win_rate.ci_low", above=win),
+            GateCheck(name="heldout_win_rate", metric="evaluate/heldout_win_rate/ci_low", above=win),
             # The proxy may rise while an independent signal does not: the classic over-optimisation signature.
-            GateCheck(name="reward_hacking", metric="reward_hacking", at_most=gate.hacking_tolerance),
+            GateCheck(name="reward_hacking", metric="evaluate/reward_hacking", at_most=gate.hacking_tolerance),
         ]
     # Length-controlled: does the candidate still win once reward explained by length is removed? Advisory,
     # because on small held-out sets its CI is wide; the length ratio above is what blocks.
     lc = "lc_heldout_win_rate" if gate.heldout_judge != "none" else "lc_proxy_win_rate"
-    checks.append(GateCheck(name="length_controlled_win_rate", metric=f"{lc}.ci_low", above=win, blocking=False))
-    if "candidate.regression_logp" in metrics:
-        checks.append(GateCheck(name="regression", metric="regression_logp", vs_champion="difference",
+    checks.append(GateCheck(name="length_controlled_win_rate", metric=f"evaluate/{lc}/ci_low", above=win,
+                            blocking=False))
+    if "evaluate/candidate/regression_logp" in metrics:
+        checks.append(GateCheck(name="regression", metric="evaluate/candidate/regression_logp",
+                                vs_champion="difference",
                                 at_least=-gate.max_regression_drop))
     return tuple(checks)
 
@@ -79,12 +81,11 @@ def _lookup(metrics: dict[str, float], key: str, check: GateCheck) -> float:
 
 
 def measure(check: GateCheck, metrics: dict[str, float]) -> float:
-    """The checked value: a paired metric as is, a per-model one for the candidate or against the champion."""
+    """The checked value: the metric as is, or the candidate's against the champion's (`evaluate/champion/<m>`)."""
     if check.vs_champion == "none":
-        key = check.metric if check.metric in metrics else f"candidate.{check.metric}"
-        return _lookup(metrics, key, check)
-    cand = _lookup(metrics, f"candidate.{check.metric}", check)
-    champ = _lookup(metrics, f"champion.{check.metric}", check)
+        return _lookup(metrics, check.metric, check)
+    cand = _lookup(metrics, check.metric, check)
+    champ = _lookup(metrics, check.metric.replace("/candidate/", "/champion/", 1), check)
     if check.vs_champion == "difference":
         return cand - champ
     return cand / champ if champ else math.inf
@@ -104,8 +105,9 @@ def passes(check: GateCheck, value: float) -> bool:
 
 
 def decide(metrics: dict[str, float], gate: GateConfig) -> GateDecision:
-    """`metrics`: the evaluation's flat metrics (`candidate.kl`, `champion.mean_tokens`, `proxy_win_rate.ci_low`,
-    `reward_hacking`, ...). Checks: `gate.checks` if given, else `standard_checks`."""
+    """`metrics`: the evaluation's flat metrics, named as in MLflow (`evaluate/candidate/kl`,
+    `evaluate/champion/mean_tokens`, `evaluate/proxy_win_rate/ci_low`, `evaluate/reward_hacking`, ...).
+    Checks: `gate.checks` if given, else `standard_checks`."""
     spec = gate.checks if gate.checks is not None else standard_checks(gate, metrics)
     checks = []
     for c in spec:

@@ -37,7 +37,7 @@ CHOICES = {"a", "b", "skip", None}
 
 
 def queue_path(ws: Workspace, iteration: int) -> Path:
-    return ws.root / "human_queue" / f"iter-{iteration:04d}.jsonl"
+    return ws.human_queue(iteration)
 
 
 def _imports_log(ws: Workspace) -> Path:
@@ -71,7 +71,7 @@ def _imports(ws: Workspace) -> list[dict]:
 def import_labels(ws: Workspace, file: Path) -> tuple[ArtifactRef | None, dict[str, int]]:
     """Validate `file` against the exported queue and earlier imports; store its labels (see module doc)."""
     queued = {}
-    for q in sorted((ws.root / "human_queue").glob("iter-*.jsonl")):
+    for q in sorted(ws.human_queue_dir.glob("iter-*.jsonl")):
         for line in q.read_text().splitlines():
             rec = json.loads(line)
             queued[rec["id"]] = rec
@@ -90,7 +90,7 @@ def import_labels(ws: Workspace, file: Path) -> tuple[ArtifactRef | None, dict[s
             raise ValueError(f"{where}: each line needs the fields 'id' and 'choice'")
         pid, choice = doc["id"], doc["choice"]
         if pid not in queued:
-            raise ValueError(f"{where}: unknown pair id {pid!r} (not in any {ws.root / 'human_queue'}/iter-*.jsonl)")
+            raise ValueError(f"{where}: unknown pair id {pid!r} (not in any {ws.human_queue_dir}/iter-*.jsonl)")
         if pid in seen:
             raise ValueError(f"{where}: duplicate pair id {pid!r} (first on line {seen[pid]})")
         if pid in done:

@@ -2,7 +2,8 @@
 
     alignloop run --config configs/tiny.yaml --set label.judge.backend=toy --set label.judge.budget=200
 
-A backend (`PairwiseJudge`) answers one ordered question; `JudgeRunner` owns everything a judge costs:
+A backend (`PairwiseJudge`, components/backends/judge_base.py) answers one ordered question; `JudgeRunner` owns
+everything a judge costs:
   * both orders: a pair (a, b) is asked as (A=a, B=b) and (A=b, B=a); only "a" both times (or "b" both
     times) is a label, anything else (position bias, noise, an unparseable answer) is `None` = uncertain;
   * a per-iteration `budget` of paid calls (cache hits are free); pairs are taken in the order given
@@ -20,47 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
-Verdict = Literal["A", "B"]
+from components.backends.judge_base import RUBRIC, Answer, PairwiseJudge, TransportError, Verdict, parse_verdict
+
 Outcome = Literal["a", "b", "inconsistent", "over_budget"]
 
-# The rubric every backend shows; {prompt}/{first}/{second} are filled per call. Bump rubric_version on edits.
-RUBRIC = (
-    "Two responses to the same request follow. Prefer the response that is more positive about the subject, "
-    "stays on the topic and the aspect asked about, is concise and ends with a single period.\n"
-    "Request: {prompt}\nResponse A: {first}\nResponse B: {second}\n"
-    "Which response is better? Answer with one letter, A or B.\nAnswer:"
-)
-
-
-class TransportError(RuntimeError):
-    """A transient failure (connection, timeout, HTTP 429/5xx): the call is retried with backoff."""
-
-
-@dataclass
-class Answer:
-    verdict: Verdict | None  # None: the judge's output could not be read as A or B
-    raw: str  # what the judge said (text, or the two log-likelihoods)
-    cost: float = 0.0  # backend-specific: tokens for HTTP judges, 0 for local ones
-
-
-class PairwiseJudge(Protocol):
-    name: str  # identity in cache keys and transcripts: backend + model (+ settings that change answers)
-
-    def ask(self, prompt: str, first: str, second: str) -> Answer: ...
-
-
-def parse_verdict(text: str) -> Verdict | None:
-    """The first standalone A or B in a judge's answer ("A", "B.", "Response B"), else None."""
-    m = re.search(r"\b([AB])\b", text)
-    return m.group(1) if m else None  # type: ignore[return-value]
+__all__ = ["RUBRIC", "Answer", "JudgeCache", "JudgeRunner", "Outcome", "PairwiseJudge", "TransportError", "Verdict",
+           "make_runner", "parse_verdict"]
 
 
 def _key(prompt: str, first: str, second: str, judge: str, rubric_version: str) -> str:
@@ -159,11 +131,11 @@ class JudgeRunner:
 
     def stats(self) -> dict[str, float]:
         paid = [t["latency_s"] for t in self.transcript if not t["cached"]]
-        return {"judge_calls": self.calls, "judge_cache_hits": sum(t["cached"] for t in self.transcript),
-                "judge_errors": sum(t["error"] is not None for t in self.transcript),
-                "judge_latency_mean_s": sum(paid) / len(paid) if paid else 0.0,
-                "judge_latency_max_s": max(paid, default=0.0),
-                "judge_cost": sum(t["cost"] for t in self.transcript if not t["cached"])}
+        return {"label/judge_calls": self.calls, "label/judge_cache_hits": sum(t["cached"] for t in self.transcript),
+                "label/judge_errors": sum(t["error"] is not None for t in self.transcript),
+                "label/judge_latency_mean_s": sum(paid) / len(paid) if paid else 0.0,
+                "label/judge_latency_max_s": max(paid, default=0.0),
+                "label/judge_cost": sum(t["cost"] for t in self.transcript if not t["cached"])}
 
 
 def make_runner(cfg, *, gold=None, seed: int = 0, cache_dir: Path | None = None) -> JudgeRunner | None:

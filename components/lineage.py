@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components.artifacts import ArtifactRef
+from components.env import TELEMETRY_OFF, setdefaults
+from components.faults import fault_point
 
 TAG_ITER, TAG_STAGE, TAG_SHA = "alignloop.iteration", "alignloop.stage", "alignloop.artifact_sha"
 POLICY, REWARD_MODEL = "policy", "reward-model"
@@ -25,8 +26,7 @@ TAG_PROMOTED_OVER = "alignloop.promoted_over"
 
 
 def _client(tracking_uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
+    setdefaults(TELEMETRY_OFF)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -186,29 +186,18 @@ def _log_batch(client, run_id: str, metrics: list[tuple[str, float, int]] = (), 
         client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
-def fault_point(name: str) -> None:
-    """Crash-test hook: when $ALIGNLOOP_FAULT_POINT equals `name`, the process SIGKILLs itself here, so a test can
-    prove that dying there is survivable: between two registry writes (`promote:*`, `rollback:*`), at the end of a
-    stage body (`stage:<name>:end`), or between an artifact's staged write and its rename (`publish:<kind>`).
-    Only tests set it; unset, this does nothing."""
-    if os.environ.get("ALIGNLOOP_FAULT_POINT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class StageRun:
     def __init__(self, client, run_id: str, stage: str):
         self.client, self.run_id, self.stage = client, run_id, stage
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Namespaced `stage/metric`, one request."""
+        """Metrics named `stage/metric` where they are computed, logged as they are, in one request."""
         self.log_history([{**metrics, "step": step or 0}])
 
     def log_history(self, rows: list[dict[str, float]]) -> None:
         """Metric trajectories (each row: metrics at row["step"]) in one request per 1000 values."""
-        _log_batch(self.client, self.run_id, [(k if "/" in k else f"{self.stage}/{k}", v, int(r["step"]))
-                                              for r in rows for k, v in r.items() if k != "step"])
+        _log_batch(self.client, self.run_id, [(k, v, int(r["step"])) for r in rows for k, v in r.items()
+                                              if k != "step"])
 
     def outputs(self, refs: dict[str, ArtifactRef]) -> None:
         _log_batch(self.client, self.run_id, tags={f"output.{k}": ref.sha256 for k, ref in refs.items()})

@@ -145,9 +145,9 @@ def write_report(ws: Workspace, iteration: int, title: str, out: Path | None = N
             prefs = store.read_table(ArtifactRef(**d["outputs"]["preferences"]))
             mix[d["iteration"]] = dict(Counter(prefs["label_source"].to_pylist()))
     doc = next((d for d in ledgers if d["iteration"] == iteration and d.get("status") == "finished"), None)
-    samples = store.read_table(store.ref("eval_samples", doc["report"]["samples"])) if doc and \
-        "samples" in doc["report"] else None
-    out = out or ws.root / "reports" / f"iter-{iteration:04d}.html"
+    samples = store.read_table(store.ref("eval_samples", doc["report"]["eval_samples"])) if doc and \
+        "eval_samples" in doc["report"] else None
+    out = out or ws.report(iteration)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(iteration, ledgers, mix, samples, title=title))
     return out

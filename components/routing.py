@@ -70,13 +70,13 @@ def routing_metrics(is_uncertain: np.ndarray, offered: np.ndarray, outcomes: lis
     out = np.asarray(outcomes, dtype=object)
     settled = (out == "a") | (out == "b")
     return {
-        "routed": int(is_uncertain.sum()),
-        "judge_pairs_offered": int((out != "over_budget").sum()),
-        "judge_settled": int(settled.sum()),
-        "judge_inconsistent": int((out == "inconsistent").sum()),
-        "judge_flipped": int((out == "b").sum()),
+        "label/routed": int(is_uncertain.sum()),
+        "label/judge_pairs_offered": int((out != "over_budget").sum()),
+        "label/judge_settled": int(settled.sum()),
+        "label/judge_inconsistent": int((out == "inconsistent").sum()),
+        "label/judge_flipped": int((out == "b").sum()),
         # among pairs the judge settled: share where it agrees with the ensemble's orientation
-        "rm_judge_agreement": float((out[settled] == "a").mean()) if settled.any() else float("nan"),
-        "human_queued": int(routed.to_human.sum()),
-        "dropped_uncertain": int(((routed.source == "") & ~routed.to_human).sum()),
+        "label/rm_judge_agreement": float((out[settled] == "a").mean()) if settled.any() else float("nan"),
+        "label/human_queued": int(routed.to_human.sum()),
+        "label/dropped_uncertain": int(((routed.source == "") & ~routed.to_human).sum()),
     }

@@ -39,7 +39,7 @@ def shape(reward: np.ndarray, ref_rewards: np.ndarray, how: Shaping) -> np.ndarr
     raise ValueError(f"unknown shaping {how!r}")
 
 
-def adaptive_kl_coef(beta: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
+def adaptive_beta(beta: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
     """Next β after `n_steps` optimizer steps that measured `kl` (nats/sequence): grows when KL is above
     target, shrinks below it; proportional error clipped to ±0.2."""
     if target <= 0 or horizon <= 0:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from components.workspace import Workspace
+
 REMOTE_NAME = "storage"
 
 
@@ -122,7 +124,7 @@ class DataRepo:
             return None
 
     def path_in_repo(self, iteration: int, name: str) -> str:
-        return f"iterations/iter-{iteration:04d}/{name}".rstrip("/")
+        return Workspace.data_path(iteration, name)
 
     def open(self, iteration: int, name: str, mode: str = "rb"):
         """Context manager over the file as tagged; reads the local cache, else the remote."""
@@ -141,7 +143,7 @@ class DataRepo:
     # -- helpers -----------------------------------------------------------------------------------
     @staticmethod
     def _tag(iteration: int) -> str:
-        return f"iter-{iteration}"
+        return Workspace.data_tag(iteration)
 
     def _require_tag(self, iteration: int) -> str:
         tag = self._tag(iteration)

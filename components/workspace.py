@@ -5,6 +5,9 @@
     <root>/data/         git + DVC repository versioning each iteration's data, remote <root>/dvc-remote
     <root>/ledger/       one JSON per iteration: the state it started from, its outputs and its decision
     <root>/prefect/      persisted Prefect task results (what lets a re-run skip finished stages)
+    <root>/human_queue/  iter-NNNN.jsonl: pairs waiting for a human (alignloop labels queue / import)
+    <root>/reports/      iter-NNNN.html: the iteration reports
+    <root>/judge_cache/  the LLM judge's answers, so a re-run never pays twice
 
 The ledger is the loop's memory between processes: an iteration records the champion and reward model it
 started from before its first stage, so a resumed iteration sees exactly the inputs the crashed one saw.
@@ -80,6 +83,30 @@ class Workspace:
     @property
     def results(self) -> Path:
         return self.root / "prefect"
+
+    @property
+    def human_queue_dir(self) -> Path:
+        return self.root / "human_queue"
+
+    def human_queue(self, iteration: int) -> Path:
+        return self.human_queue_dir / f"iter-{iteration:04d}.jsonl"
+
+    def report(self, iteration: int) -> Path:
+        return self.root / "reports" / f"iter-{iteration:04d}.html"
+
+    @property
+    def judge_cache(self) -> Path:
+        return self.root / "judge_cache"
+
+    @staticmethod
+    def data_tag(iteration: int) -> str:
+        """The data repo's git tag of an iteration: committed and pushed to the DVC remote."""
+        return f"iter-{iteration}"
+
+    @staticmethod
+    def data_path(iteration: int, name: str = "") -> str:
+        """Where an iteration's file sits inside the data repo."""
+        return f"iterations/iter-{iteration:04d}/{name}".rstrip("/")
 
     def _ledger(self, iteration: int) -> Path:
         return self.root / "ledger" / f"iter-{iteration:04d}.json"

@@ -24,6 +24,7 @@ import typer
 from components.artifacts import ArtifactStore
 from components.lineage import POLICY, REWARD_MODEL, TAG_ITER, TAG_SHA, Tracker, _client
 from components.workspace import Workspace
+from flows.common import WorkspaceOpt, console, quiet_env, workspace_dir
 
 
 def _tracker(ws: Workspace) -> Tracker:
@@ -157,105 +158,102 @@ def regate(ws: Workspace, tracker: Tracker, version: str) -> dict:
     return report["gate"]
 
 
-def register(app: typer.Typer) -> None:
-    from flows.cli import WorkspaceOpt, _workspace, console, quiet_env
+def open_workspace(workspace) -> Workspace:
+    ws = Workspace.at(workspace_dir(workspace))
+    # never create a tracking store just to find it empty (a tracking server, from the env, is not ours to judge)
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (ws.root / "mlflow.db").exists():
+        console.print(f"[red]error:[/] {ws.root}: no alignloop workspace here (run `alignloop run` first)")
+        raise typer.Exit(2)
+    quiet_env(ws.root)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return ws
 
-    def open_ws(workspace) -> Workspace:
-        ws = Workspace.at(_workspace(workspace))
-        # never create a tracking store just to find it empty (a tracking server, from the env, is not ours to judge)
-        if not os.environ.get("MLFLOW_TRACKING_URI") and not (ws.root / "mlflow.db").exists():
-            console.print(f"[red]error:[/] {ws.root}: no alignloop workspace here (run `alignloop run` first)")
-            raise typer.Exit(2)
-        quiet_env(ws.root)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        return ws
 
-    @app.command()
-    def promote(version: str = typer.Option(..., "--version", help="policy version to make champion"),
-                force: bool = typer.Option(False, "--force", help="promote without the gate (needs --reason)"),
-                reason: str = typer.Option("", "--reason", help="why (recorded in the version's tags)"),
-                workspace: Path = WorkspaceOpt):
-        """Re-run the eval gate for a policy version against the champion; promote it if it passes."""
-        from components import gating
+def promote(version: str = typer.Option(..., "--version", help="policy version to make champion"),
+            force: bool = typer.Option(False, "--force", help="promote without the gate (needs --reason)"),
+            reason: str = typer.Option("", "--reason", help="why (recorded in the version's tags)"),
+            workspace: Path = WorkspaceOpt):
+    """Re-run the eval gate for a policy version against the champion; promote it if it passes."""
+    from components import gating
 
-        if force and not reason:
-            console.print("[red]error:[/] --force needs --reason TEXT")
-            raise typer.Exit(2)
-        ws = open_ws(workspace)
-        tracker = _tracker(ws)
-        champ = tracker.alias(POLICY, "champion")
-        if champ is not None and str(champ.version) == version:
-            console.print(f"policy v{version} is already champion")
-            raise typer.Exit(0)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        if force:
-            for k, v in {"alignloop.forced_by": getpass.getuser(), "alignloop.force_reason": reason,
-                         "alignloop.forced_at": stamp}.items():
-                tracker.client.set_model_version_tag(POLICY, version, k, v)
-        else:
-            decision = regate(ws, tracker, version)
-            console.print(gating.markdown(decision, f"gate: policy v{version} vs champion v{champ.version}"))
-            tracker.client.set_model_version_tag(POLICY, version, "alignloop.regate",
-                                                 json.dumps({"at": stamp, "promote": decision["promote"],
-                                                             "reasons": decision["reasons"]})[:5000])
-            if not decision["promote"]:
-                console.print(f"[red]rejected[/]: policy v{version} stays where it is")
-                raise typer.Exit(1)
-        tracker.promote(POLICY, version)
-        console.print(f"[green]policy v{version} is champion[/] (previous: v{champ.version if champ else '-'})")
+    if force and not reason:
+        console.print("[red]error:[/] --force needs --reason TEXT")
+        raise typer.Exit(2)
+    ws = open_workspace(workspace)
+    tracker = _tracker(ws)
+    champ = tracker.alias(POLICY, "champion")
+    if champ is not None and str(champ.version) == version:
+        console.print(f"policy v{version} is already champion")
+        raise typer.Exit(0)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if force:
+        for k, v in {"alignloop.forced_by": getpass.getuser(), "alignloop.force_reason": reason,
+                     "alignloop.forced_at": stamp}.items():
+            tracker.client.set_model_version_tag(POLICY, version, k, v)
+    else:
+        decision = regate(ws, tracker, version)
+        console.print(gating.markdown(decision, f"gate: policy v{version} vs champion v{champ.version}"))
+        tracker.client.set_model_version_tag(POLICY, version, "alignloop.regate",
+                                             json.dumps({"at": stamp, "promote": decision["promote"],
+                                                         "reasons": decision["reasons"]})[:5000])
+        if not decision["promote"]:
+            console.print(f"[red]rejected[/]: policy v{version} stays where it is")
+            raise typer.Exit(1)
+    tracker.promote(POLICY, version)
+    console.print(f"[green]policy v{version} is champion[/] (previous: v{champ.version if champ else '-'})")
 
-    @app.command()
-    def rollback(reason: str = typer.Option("", "--reason", help="why (recorded on the demoted version)"),
-                 workspace: Path = WorkspaceOpt):
-        """Move `champion` back to `previous`."""
-        tracker = _tracker(open_ws(workspace))
-        try:
-            demoted, restored = tracker.rollback(POLICY, {"alignloop.rolled_back_by": getpass.getuser(),
-                                                          "alignloop.rollback_reason": reason or "-"})
-        except LookupError as err:
-            console.print(f"[red]error:[/] {err}")
-            raise typer.Exit(2) from None
-        console.print(f"policy champion: v{demoted} -> v{restored}")
 
-    @app.command()
-    def lineage(spec: str = typer.Argument("policy@champion", help="policy@champion | policy@N | N"),
-                as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-                workspace: Path = WorkspaceOpt):
-        """The chain of a checkpoint back to the bootstrap policy."""
-        try:
-            records = chain(open_ws(workspace), spec)
-        except LookupError as err:
-            console.print(f"[red]error:[/] {err}")
-            raise typer.Exit(2) from None
-        if as_json:
-            typer.echo(json.dumps(records, indent=1, default=str))
-            return
-        for r in records:
-            if r["iteration"] < 0:
-                console.print(f"[bold]policy v{r['version']}[/] — {r['origin']}: {r['source']}")
-                continue
-            p, rm, gate = r["preferences"], r["reward_models"], r["gate"]
-            console.print(f"[bold]policy v{r['version']}[/] iteration {r['iteration']} ← parent "
-                          f"v{r['parent']['version']}; gate {'promote' if gate['promote'] else 'reject'}"
-                          + (f" ({'; '.join(gate['reasons'])})" if gate["reasons"] else ""))
-            console.print(f"  preferences {p['artifact_sha'][:12]} rows {p['rows']} {p['rows_by_label_source']} "
-                          f"dvc {p['dvc']['path']}@{p['dvc']['tag']} ({str(p['dvc']['rev'])[:12]})")
-            console.print("  reward models: " + ", ".join(f"{k} v{v['version']}" for k, v in rm.items() if v))
-            console.print(f"  judge {r['judge']}; config {r['config_hash']} git {str(r['git_sha'])[:12]}")
+def rollback(reason: str = typer.Option("", "--reason", help="why (recorded on the demoted version)"),
+             workspace: Path = WorkspaceOpt):
+    """Move `champion` back to `previous`."""
+    tracker = _tracker(open_workspace(workspace))
+    try:
+        demoted, restored = tracker.rollback(POLICY, {"alignloop.rolled_back_by": getpass.getuser(),
+                                                      "alignloop.rollback_reason": reason or "-"})
+    except LookupError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"policy champion: v{demoted} -> v{restored}")
 
-    @app.command()
-    def report(iteration: int = typer.Argument(..., help="iteration number"),
-               out: Path = typer.Option(None, "--out", help="HTML path (default workspace/reports/iter-NNNN.html)"),
-               workspace: Path = WorkspaceOpt):
-        """Write the iteration's HTML report and log it to the iteration's MLflow run."""
-        from components.report import write_report
 
-        ws = open_ws(workspace)
-        tracker = _tracker(ws)
-        try:
-            path = write_report(ws, iteration, tracker.client.get_experiment(tracker.experiment_id).name, out)
-            tracker.client.log_artifact(iteration_run(tracker, iteration).info.run_id, str(path), "report")
-        except (ValueError, LookupError) as err:
-            console.print(f"[red]error:[/] {err}")
-            raise typer.Exit(2) from None
-        console.print(f"wrote {path}")
+def lineage(spec: str = typer.Argument("policy@champion", help="policy@champion | policy@N | N"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+            workspace: Path = WorkspaceOpt):
+    """The chain of a checkpoint back to the bootstrap policy."""
+    try:
+        records = chain(open_workspace(workspace), spec)
+    except LookupError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(records, indent=1, default=str))
+        return
+    for r in records:
+        if r["iteration"] < 0:
+            console.print(f"[bold]policy v{r['version']}[/] — {r['origin']}: {r['source']}")
+            continue
+        p, rm, gate = r["preferences"], r["reward_models"], r["gate"]
+        console.print(f"[bold]policy v{r['version']}[/] iteration {r['iteration']} ← parent "
+                      f"v{r['parent']['version']}; gate {'promote' if gate['promote'] else 'reject'}"
+                      + (f" ({'; '.join(gate['reasons'])})" if gate["reasons"] else ""))
+        console.print(f"  preferences {p['artifact_sha'][:12]} rows {p['rows']} {p['rows_by_label_source']} "
+                      f"dvc {p['dvc']['path']}@{p['dvc']['tag']} ({str(p['dvc']['rev'])[:12]})")
+        console.print("  reward models: " + ", ".join(f"{k} v{v['version']}" for k, v in rm.items() if v))
+        console.print(f"  judge {r['judge']}; config {r['config_hash']} git {str(r['git_sha'])[:12]}")
+
+
+def report(iteration: int = typer.Argument(..., help="iteration number"),
+           out: Path = typer.Option(None, "--out", help="HTML path (default workspace/reports/iter-NNNN.html)"),
+           workspace: Path = WorkspaceOpt):
+    """Write the iteration's HTML report and log it to the iteration's MLflow run."""
+    from components.report import write_report
+
+    ws = open_workspace(workspace)
+    tracker = _tracker(ws)
+    try:
+        path = write_report(ws, iteration, tracker.client.get_experiment(tracker.experiment_id).name, out)
+        tracker.client.log_artifact(iteration_run(tracker, iteration).info.run_id, str(path), "report")
+    except (ValueError, LookupError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {path}")

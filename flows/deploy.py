@@ -54,9 +54,9 @@ def scheduled_iteration(config_path: list[str], overrides: list[str] | None = No
 
 
 def run_env(workspace: Path) -> dict[str, str]:
-    """What a worker-launched flow process needs that `alignloop run` sets itself (see flows.cli.quiet_env):
+    """What a worker-launched flow process needs that `alignloop run` sets itself (see flows.common.quiet_env):
     persisted task results in the workspace, which is what lets a resumed iteration skip finished stages."""
-    from flows.cli import quiet_env
+    from flows.common import quiet_env
 
     saved = dict(os.environ)
     try:

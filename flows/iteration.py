@@ -3,6 +3,9 @@
     alignloop run --config configs/tiny.yaml --iterations 3
 
 sample → generate → label → train_reward → train_policy → evaluate → gate → version
+
+Every stage is one call of the generic stage task (tasks/stages.py) with its config section, its input artifacts
+and the backends it scores or samples with; `_pipeline` is the diagram.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from components.schemas import conform
 from components.workspace import Workspace
 from tasks import stages as t
 
-# A listener (the CLI's progress display) gets (stage, "start" | "done", seconds).
+# A progress listener (the CLI's display) gets (stage, "start" | "done", seconds).
 Listener = Callable[[str, str, float], None]
-_listeners: list[Listener] = []
 
 
 @contextlib.contextmanager
@@ -85,14 +87,21 @@ def _fingerprint(root: Path) -> str:
     return hashlib.sha256(repr(stats).encode()).hexdigest()
 
 
-def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id: str,
-                    earlier: list[dict]) -> tuple[ArtifactRef, str]:
-    """The champion when the loop starts: registered once as version 1 with alias `champion`. Returns its ref
-    and the path the loop loads it from (in the store, or the hub id).
+def _hub_ref(name: str) -> ArtifactRef:
+    """A checkpoint named by hub id (or a path the loop does not copy): its identity is its name."""
+    import hashlib
+
+    return ArtifactRef(kind="policy", sha256=hashlib.sha256(name.encode()).hexdigest(), uri=name,
+                       meta={"hub_id": name})
+
+
+def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id: str, earlier: list[dict]
+                    ) -> ArtifactRef:
+    """The champion when the loop starts: registered once as version 1 with alias `champion`.
 
     A local checkpoint is copied into the store and hashed once per workspace, not every iteration (a 7B
     checkpoint is ~15 GB): an earlier iteration's ref is reused while the files' names, sizes and mtimes are
-    unchanged (the check DVC's state database makes before re-hashing)."""
+    unchanged (the check DVC's state database makes before re-hashing). A hub id stays a name (`_hub_ref`)."""
     if Path(source).is_dir():
         fp = _fingerprint(Path(source))
         seen = next((d["start"]["initial"] for d in reversed(earlier) if "start" in d
@@ -106,16 +115,14 @@ def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id:
 
                 shutil.copytree(source, d / "p")
                 ref = store.put_dir("policy", d / "p", meta={"iteration": -1, "origin": source, "fingerprint": fp})
-        uri, load = store.uri(ref), str(store.path(ref))
-    else:  # a hub id: the registry points at it; its identity is its name
-        import hashlib
-
-        ref = ArtifactRef(kind="policy", sha256=hashlib.sha256(source.encode()).hexdigest(), uri=source)
-        uri = load = source
+        uri = store.uri(ref)
+    else:
+        ref = _hub_ref(source)
+        uri = source
     version = tracker.register(POLICY, ref, uri, run_id, {"alignloop.iteration": "-1", "alignloop.gate": "initial"})
     if tracker.alias(POLICY, "champion") is None:
         tracker.set_alias(POLICY, "champion", version)
-    return ref, load
+    return ref
 
 
 def _restore_champion(tracker: Tracker, ledger: dict) -> None:
@@ -126,102 +133,70 @@ def _restore_champion(tracker: Tracker, ledger: dict) -> None:
         tracker.set_alias(POLICY, "champion", start["champion_version"])
 
 
-def _stage(name: str, task, record: Callable[[str, float, bool], None], **kwargs):
+def _start_state(cfg: LoopConfig, ws: Workspace, store: ArtifactStore, tracker: Tracker, i: int, parent: str,
+                 ledger: dict) -> dict:
+    """Fix the iteration's starting state once (pool, initial policy, champion, reward model in use, human labels
+    to add), so a resumed iteration sees exactly the inputs the crashed one saw."""
+    import pyarrow.parquet as pq
+
+    from components.human_queue import pending_imports
+
+    if "start" in ledger:
+        return ledger["start"]
+    earlier = ws.ledgers()
+    pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
+                               meta={"origin": cfg.prompt_pool})
+    init_ref = _initial_policy(store, tracker, cfg.policy_init, parent, earlier)
+    champ = tracker.alias(POLICY, "champion")
+    champ_ref = init_ref if champ.tags[TAG_SHA] == init_ref.sha256 else store.ref("policy", champ.tags[TAG_SHA])
+    # the last finished iteration's reward model (a failed iteration produced none)
+    prev = next((d for d in reversed(earlier) if d["iteration"] < i and d.get("status") == "finished"), None)
+    # human labels imported since (alignloop labels import) join this iteration's preferences, once
+    consumed = {h["sha256"] for d in earlier if d["iteration"] != i and d.get("status") != "failed"
+                for h in d.get("start", {}).get("human_labels", [])}
+    ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(), "champion": champ_ref.model_dump(),
+                       "champion_version": str(champ.version),  # int from SQLite, str from a server
+                       "reward_model": prev["outputs"]["reward_model"] if prev else None,
+                       "human_labels": [r.model_dump() for r in pending_imports(ws, consumed)]}
+    ws.write_ledger(i, ledger)
+    return ledger["start"]
+
+
+def _stage(name: str, task, record: Callable[[str, float, bool], None], progress: Listener | None, **kwargs):
     """Run one stage task; `record(stage, seconds, cached)` gets its wall time and whether Prefect served it
-    from the cache."""
-    for f in _listeners:
-        f(name, "start", 0.0)
+    from the cache; `progress(stage, "start" | "done", seconds)` is the caller's display."""
+    if progress:
+        progress(name, "start", 0.0)
     t0 = time.perf_counter()
-    state = task(**kwargs, return_state=True)
+    state = task.with_options(name=name, task_run_name=name)(**kwargs, return_state=True)
     out = state.result()  # raises what the task raised, as calling it would
     seconds = round(time.perf_counter() - t0, 2)
-    for f in _listeners:
-        f(name, "done", seconds)
+    if progress:
+        progress(name, "done", seconds)
     record(name, seconds, state.name == "Cached")
     return out
 
 
 @flow(name="alignloop-iteration")
-def iteration_flow(config_path: str | list[str], overrides: list[str] | None = None,
-                   workspace: str = "workspace") -> dict:
-    import pyarrow.parquet as pq
-
+def iteration_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace",
+                   progress: Listener | None = None) -> dict:
     cfg = load_config(config_path, overrides or [])
     validate_inputs(cfg, str(config_path))
     ws = Workspace.at(workspace)
     store = ArtifactStore(ws.store)
     tracker = Tracker(ws.tracking_uri, ws.artifact_root, cfg.name)
-    i = ws.next_iteration()
-    chash = config_hash(cfg)
+    i, chash, git_sha = ws.next_iteration(), config_hash(cfg), _git_sha()
     ledger = ws.read_ledger(i) or {"iteration": i, "status": "running", "config_hash": chash, "timings": {}}
     if ledger["config_hash"] != chash:
         raise ValueError(f"iteration {i} was started with config {ledger['config_hash']}, now {chash}: "
                          "resume it with the same config (or remove ledger/iter-*.json to start it afresh)")
-    git_sha = _git_sha()
     parent = tracker.iteration_run(i, cfg.name, {"config_hash": chash, "git_sha": git_sha},
                                    {"config": cfg.model_dump_json()})
     ctx = t.RunContext(workspace=str(ws.root), workspace_id=ws.instance_id, loop=cfg.name, iteration=i,
                        seed=cfg.seed, parent_run_id=parent, config_hash=chash, git_sha=git_sha)
     try:
-        if "start" not in ledger:  # fix the starting state once, so a resume sees the same inputs
-            pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
-                                       meta={"origin": cfg.prompt_pool})
-            init_ref, init_path = _initial_policy(store, tracker, cfg.policy_init, parent, ws.ledgers())
-            champ = tracker.alias(POLICY, "champion")
-            sha = champ.tags[TAG_SHA]
-            champ_ref = init_ref if sha == init_ref.sha256 else store.ref("policy", sha)
-            # the last finished iteration's reward model (a failed iteration produced none)
-            prev = next((d for d in reversed(ws.ledgers()) if d["iteration"] < i and d.get("status") == "finished"),
-                        None)
-            ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(),
-                               "initial_source": init_path, "champion": champ_ref.model_dump(),
-                               # the loop loads through the store (fetching from S3 when mirrored), not from the
-                               # registry's source URI, which is for consumers outside the loop
-                               "champion_source": init_path if champ_ref is init_ref else str(store.path(champ_ref)),
-                               "champion_version": str(champ.version),  # int from SQLite, str from a server
-                               "reward_model": prev["outputs"]["reward_model"] if prev else None}
-            # human labels imported since (alignloop labels import) join this iteration's preferences, once
-            from components.human_queue import pending_imports
-
-            consumed = {h["sha256"] for d in ws.ledgers() if d["iteration"] != i and d.get("status") != "failed"
-                        for h in d.get("start", {}).get("human_labels", [])}
-            ledger["start"]["human_labels"] = [r.model_dump() for r in pending_imports(ws, consumed)]
-            ws.write_ledger(i, ledger)
-        s = ledger["start"]
-        pool, champion = ArtifactRef(**s["pool"]), ArtifactRef(**s["champion"])
-        rm_prev = ArtifactRef(**s["reward_model"]) if s["reward_model"] else None
-        reference = s["initial_source"] if cfg.train_policy.reference == "initial" else s["champion_source"]
-        history = [ArtifactRef(**d["outputs"]["preferences"]) for d in ws.ledgers()
-                   if d["iteration"] < i and d.get("status") == "finished"]
-        timings = ledger["timings"]
-
-        def record(stage: str, seconds: float, cached: bool) -> None:
-            # A stage served from the cache keeps the time it took when it ran, so a resumed iteration's report
-            # and timing metrics show compute, not cache lookups; the ledger keeps them across a crash.
-            if not (cached and stage in timings):
-                timings[stage] = seconds
-                ws.write_ledger(i, ledger)
-
-        prompts = _stage("sample_prompts", t.sample_prompts_task, record, ctx=ctx, cfg=cfg.sample, pool=pool)
-        rollouts = _stage("generate", t.generate_task, record, ctx=ctx, cfg=cfg.generate, prompts=prompts,
-                          policy=champion, policy_source=s["champion_source"], fanout=cfg.fanout)
-        prefs = _stage("label", t.label_task, record, ctx=ctx, cfg=cfg.label, rollouts=rollouts, reward_model=rm_prev,
-                       gold=cfg.gold, human=[ArtifactRef(**h) for h in s.get("human_labels", [])])
-        rm = _stage("train_reward", t.train_reward_task, record, ctx=ctx, cfg=cfg.train_reward,
-                    preferences=[*history, prefs], init=cfg.train_reward.init or s["initial_source"],
-                    launch=cfg.train_launch, previous=rm_prev, fanout=cfg.fanout)
-        candidate = _stage("train_policy", t.train_policy_task, record, ctx=ctx, cfg=cfg.train_policy,
-                           preferences=prefs, policy=champion, policy_source=s["champion_source"],
-                           reference_source=reference, launch=cfg.train_launch, prompts=prompts, pool=pool,
-                           reward_model=rm, label_cfg=cfg.label)
-        report = _stage("evaluate", t.evaluate_task, record, ctx=ctx, cfg=cfg.evaluate, gen=cfg.generate,
-                        label_cfg=cfg.label, pool=pool, candidate=candidate, champion=champion,
-                        champion_source=s["champion_source"], reference_source=s["initial_source"], reward_model=rm,
-                        gold=cfg.gold)
-        decision = _stage("gate", t.gate_task, record, ctx=ctx, report=report, candidate=candidate)
-        outputs = {"prompts": prompts, "rollouts": rollouts, "preferences": prefs, "reward_model": rm,
-                   "candidate": candidate, "eval_report": report}
-        data_rev = _stage("version", t.version_task, record, ctx=ctx, outputs=outputs)
+        outputs, decision, data_rev = _pipeline(cfg, ctx, _start_state(cfg, ws, store, tracker, i, parent, ledger),
+                                                _recorder(ws, i, ledger), progress)
     except BaseException as err:
         if isinstance(err, Exception):  # retries spent: a permanent failure, not a crash (a crash resumes)
             _restore_champion(tracker, ledger)
@@ -229,9 +204,9 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         tracker.end_run(parent, "FAILED" if isinstance(err, Exception) else "KILLED", error=repr(err))
         raise
     ledger.update(status="finished", outputs={k: v.model_dump() for k, v in outputs.items()}, decision=decision,
-                  data_rev=data_rev, report=store.read_json(report))
+                  data_rev=data_rev, report=store.read_json(outputs["eval_report"]))
     ws.write_ledger(i, ledger)
-    tracker.finish_iteration(parent, {f"timing/{k}_s": v for k, v in timings.items()},
+    tracker.finish_iteration(parent, {f"timing/{k}_s": v for k, v in ledger["timings"].items()},
                              {"alignloop.gate": "promote" if decision["promote"] else "reject"})
     if cfg.report:
         from components.report import write_report  # matplotlib: only once the iteration is done
@@ -241,12 +216,68 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
     return ledger
 
 
+def _recorder(ws: Workspace, i: int, ledger: dict) -> Callable[[str, float, bool], None]:
+    timings = ledger["timings"]
+
+    def record(stage: str, seconds: float, cached: bool) -> None:
+        # A stage served from the cache keeps the time it took when it ran, so a resumed iteration's report and
+        # timing metrics show compute, not cache lookups; the ledger keeps them across a crash.
+        if not (cached and stage in timings):
+            timings[stage] = seconds
+            ws.write_ledger(i, ledger)
+
+    return record
+
+
+def _pipeline(cfg: LoopConfig, ctx: t.RunContext, s: dict, record, progress) -> tuple[dict, dict, str]:
+    """sample → generate → label → train_reward → train_policy → evaluate → gate → version."""
+    ws, i, ref = Workspace.at(ctx.workspace), ctx.iteration, lambda d: ArtifactRef(**d) if d else None
+    pool, champion, initial, rm_in_use = ref(s["pool"]), ref(s["champion"]), ref(s["initial"]), ref(s["reward_model"])
+    reference = initial if cfg.train_policy.reference == "initial" else champion
+    history = [ref(d["outputs"]["preferences"]) for d in ws.ledgers() if d["iteration"] < i
+               and d.get("status") == "finished"]
+    human = [ref(h) for h in s.get("human_labels", [])]
+    ensemble, scoring = t.Setup(ensemble=cfg.ensemble), t.Setup(ensemble=cfg.ensemble, generate=cfg.generate)
+
+    def stage(name, stage_cfg, setup=t.Setup(), **inputs):
+        return _stage(name, t.stage_task_run, record, progress, ctx=ctx, stage=name, cfg=stage_cfg,
+                      inputs=inputs, setup=setup)
+
+    prompts = stage("sample_prompts", cfg.sample, pool=pool)["prompts"]
+    rollouts = stage("generate", cfg.generate, t.Setup(generate=cfg.generate, fanout=cfg.fanout),
+                     prompts=prompts, policy=champion)["rollouts"]
+    prefs = stage("label", cfg.label, t.Setup(ensemble=cfg.ensemble, gold=cfg.gold, judge=cfg.label.judge),
+                  rollouts=rollouts, reward_model=rm_in_use, human=human)["preferences"]
+    rm = stage("train_reward", cfg.train_reward, ensemble.model_copy(update={"fanout": cfg.fanout,
+                                                                             "launch": cfg.train_launch}),
+               preferences=[*history, prefs], init=_backbone(cfg, initial), previous=rm_in_use)["reward_model"]
+    candidate = stage("train_policy", cfg.train_policy, scoring.model_copy(update={"launch": cfg.train_launch}),
+                      preferences=prefs, policy=champion, reference=reference, prompts=prompts, pool=pool,
+                      reward_model=rm)["candidate"]
+    evaluated = stage("evaluate", cfg.evaluate, scoring.model_copy(update={"gold": cfg.gold}), pool=pool,
+                      candidate=candidate, champion=champion, reference=initial, reward_model=rm)
+    decision = _stage("gate", t.gate_task, record, progress, ctx=ctx, cfg=cfg.gate,
+                      report=evaluated["eval_report"], candidate=candidate)
+    outputs = {"prompts": prompts, "rollouts": rollouts, "preferences": prefs, "reward_model": rm,
+               "candidate": candidate, "eval_report": evaluated["eval_report"]}
+    data_rev = _stage("version", t.version_task, record, progress, ctx=ctx, outputs=outputs)
+    return outputs, decision, data_rev
+
+
+def _backbone(cfg: LoopConfig, initial: ArtifactRef) -> ArtifactRef:
+    """What reward-model members start from: `train_reward.init` (a from_pretrained path or hub id), else the
+    initial policy."""
+    if cfg.train_reward.init is None:
+        return initial
+    return _hub_ref(cfg.train_reward.init)
+
+
 @flow(name="alignloop-continual")
 def continual_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace",
-                   iterations: int = 3) -> list[dict]:
+                   iterations: int = 3, progress: Listener | None = None) -> list[dict]:
     """Run `iterations` iterations (an unfinished one, resumed, counts as the first)."""
     ws = Workspace.at(workspace)
     target, done = ws.next_iteration() + iterations, []
     while ws.next_iteration() < target:
-        done.append(iteration_flow(config_path, overrides, workspace))
+        done.append(iteration_flow(config_path, overrides, workspace, progress))
     return done

@@ -9,11 +9,12 @@ member order. Only the member training moves: the train_reward task around it st
 the held-out pairs, publishes the ensemble, logs to MLflow and is the cached unit, so caching and resume are as
 before. The runner is entered inside that task (a task runner is a context manager of its own), so the member
 task runs nest under it in the iteration's flow run, and the jobs (training pairs included) travel through Ray's
-object store rather than as Prefect flow parameters. Members write `member-k` into the task's staging directory:
-Ray workers must see that path (one machine, or a shared filesystem on a cluster) and import this package.
+object store rather than as Prefect flow parameters. Jobs open their inputs through the artifact store (its S3
+mirror on a cluster); members write `member-k` into the task's staging directory, so Ray workers must still see
+that path (one machine, or a shared filesystem) and import this package.
 
 Generation sharding is the same pattern: `ray_shard_map(fanout)` is the `map_shards` of
-`components.stages.generate.run` with `fanout.generate_shards` > 1, one `generate_shard` task per prompt shard
+`components.stages.generate.run` with `generate.shards` > 1, one `generate_shard` task per prompt shard
 inside the generate task (which stays the cached unit and publishes the rollouts); `_on_ray` is the runner both
 maps share.
 """
@@ -30,8 +31,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.annotations import unmapped
 
 from components.config import FanoutConfig
-from components.stages.generate import MapShards, ShardJob
-from components.stages.train_reward import MapMembers, MemberJob
+from components.contract import MapFn
+from components.stages.generate import ShardJob
+from components.stages.train_reward import MemberJob
 
 
 # The stage's task (train_reward, generate) is the cached, retried unit: a member or shard is neither cached nor
@@ -77,11 +79,11 @@ def _on_ray(task, fanout: FanoutConfig, fn, jobs: list) -> list:
         return [f.result() for f in futures]
 
 
-def ray_map(fanout: FanoutConfig) -> MapMembers:
+def ray_map(fanout: FanoutConfig) -> MapFn:
     """The `map_members` for `fanout.task_runner: ray` (`local` keeps the stage's default, the builtin `map`)."""
     return partial(_on_ray, train_member_task, fanout)
 
 
-def ray_shard_map(fanout: FanoutConfig) -> MapShards:
+def ray_shard_map(fanout: FanoutConfig) -> MapFn:
     """The generate stage's `map_shards` for `fanout.task_runner: ray` (`local` keeps the builtin `map`)."""
     return partial(_on_ray, generate_shard_task, fanout)

@@ -21,9 +21,11 @@ from pydantic import BaseModel, ConfigDict
 from components import config as C
 from components import gating
 from components.artifacts import ArtifactRef, ArtifactStore
-from components.backends.launch import run_stage
-from components.lineage import POLICY, REWARD_MODEL, Tracker, fault_point
-from components.stages import evaluate, generate, label, sample_prompts
+from components.backends import launch
+from components.contract import Backends, Inputs, Seeds, StageResult
+from components.faults import fault_point
+from components.lineage import POLICY, REWARD_MODEL, Tracker
+from components.stages import evaluate, generate, label, sample_prompts, train_policy, train_reward
 from components.workspace import Workspace
 from tasks.fanout import ray_map, ray_shard_map
 
@@ -48,6 +50,9 @@ class RunContext(BaseModel):
 
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.ws.store)
+
+    def seeds(self, stage: str) -> Seeds:
+        return Seeds(self.seed, self.iteration, stage)
 
     def tracker(self) -> Tracker:
         return _tracker(self.ws.tracking_uri, self.ws.artifact_root, self.loop)
@@ -86,10 +91,17 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def _jsonable(v):
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return [_jsonable(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
 def artifact_cache_key(_task_ctx, params: dict) -> str:
     ctx: RunContext = params["ctx"]
-    keyed = {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in params.items()
-             if k != "ctx"}
+    keyed = {k: _jsonable(v) for k, v in params.items() if k != "ctx"}
     blob = json.dumps({"task": _task_ctx.task.name, "params": keyed, "seed": ctx.seed, "iteration": ctx.iteration,
                        "ws": ctx.workspace_id,
                        "code": code_version()}, sort_keys=True, default=str)
@@ -101,180 +113,121 @@ def artifact_cache_key(_task_ctx, params: dict) -> str:
 stage_task = task(cache_key_fn=artifact_cache_key, persist_result=True, retries=1, retry_delay_seconds=5)
 
 
-def _gold(name: str | None):
-    if name == "toy":
-        from components.toy.gold import gold_reward
+class Setup(BaseModel):
+    """The backends a stage computes with, by config: part of the stage's cache key, so each stage's key holds
+    exactly the sections it uses (a judge-budget change re-runs label, not evaluate)."""
 
-        return gold_reward
-    return None
+    model_config = ConfigDict(frozen=True)
+    ensemble: C.EnsembleConfig = C.EnsembleConfig()
+    generate: C.GenerateConfig | None = None  # generators (generate, evaluate, the probe / RL reference samples)
+    gold: str | None = None
+    judge: C.JudgeConfig | None = None
+    fanout: C.FanoutConfig = C.FanoutConfig()
+    launch: C.LaunchConfig = C.LaunchConfig()
 
 
-def _members(store: ArtifactStore, ensemble: ArtifactRef | None) -> list[str] | None:
-    if ensemble is None:
-        return None
-    root = store.path(ensemble)
-    return [str(p) for p in sorted([*root.glob("member-*"), *root.glob("shared")])]  # shared: one K-head model
+Refs = dict[str, ArtifactRef | list[ArtifactRef] | None]
+
+
+def backends_for(ctx: RunContext, stage: str, setup: Setup, inputs: Inputs) -> Backends:
+    """The one place that turns a stage's `Setup` into backends."""
+    from components.backends.models import Models
+
+    gold = None
+    if setup.gold == "toy":
+        from components.toy.gold import GoldOracle
+
+        gold = GoldOracle()
+    judge = None
+    if setup.judge is not None:
+        from components.judge import make_runner
+
+        judge = make_runner(setup.judge, gold=gold, seed=ctx.seeds(stage).sub("judge"), cache_dir=ctx.ws.judge_cache)
+    ray = setup.fanout.task_runner == "ray"
+    shards = ray and setup.generate is not None and setup.generate.shards > 1
+    return Backends(models=Models(inputs, ensemble=setup.ensemble, generate=setup.generate or C.GenerateConfig()),
+                    gold=gold, judge=judge, map_members=ray_map(setup.fanout) if ray else map,
+                    map_shards=ray_shard_map(setup.fanout) if shards else map)
+
+
+def publish(store: ArtifactStore, result: StageResult, parents: list[ArtifactRef]) -> dict[str, ArtifactRef]:
+    """Every output of `result` into the store (atomically, content-addressed), documents last: they record the
+    ids of the stage's other outputs (an evaluation report names its samples)."""
+    refs: dict[str, ArtifactRef] = {}
+    for name, out in sorted(result.outputs.items(), key=lambda kv: kv[1].doc is not None):
+        if out.table is not None:
+            refs[name] = store.put_table(out.kind, out.table, parents=parents, meta=out.meta)
+        elif out.dir is not None:
+            refs[name] = store.put_dir(out.kind, out.dir, parents=parents, meta=out.meta)
+        else:
+            refs[name] = store.put_json(out.kind, {**out.doc, **{k: r.sha256 for k, r in refs.items()}},
+                                        parents=parents, meta=out.meta)
+    return refs
 
 
 @stage_task
-def sample_prompts_task(ctx: RunContext, cfg: C.SampleConfig, pool: ArtifactRef) -> ArtifactRef:
+def stage_task_run(ctx: RunContext, stage: str, cfg: BaseModel, inputs: Refs, setup: Setup = Setup()
+                   ) -> dict[str, ArtifactRef]:
+    """Any stage of components/stages: resolve its inputs through the store, build its backends, run it (here,
+    or under `accelerate launch` for the training stages), publish its outputs, track it in MLflow."""
     store = ctx.store()
-    with ctx.stage("sample_prompts", cfg, {"prompt_pool": pool}) as run:
-        table = sample_prompts.run(cfg, store.read_table(pool), iteration=ctx.iteration, seed=ctx.seed)
-        ref = store.put_table("prompts", table, parents=[pool], meta={"iteration": ctx.iteration})
-        run.outputs({"prompts": ref})
-        run.log_metrics({"prompts": table.num_rows, "strata": len(set(table["source"].to_pylist()))})
-    return ref
+    present = {k: (tuple(v) if isinstance(v, list) else v) for k, v in inputs.items() if v}
+    tracked = {(f"{k}.{r.meta.get('iteration', i)}" if isinstance(v, tuple) else k): r for k, v in present.items()
+               for i, r in enumerate(v if isinstance(v, tuple) else (v,))}
+    with ctx.stage(stage, cfg, tracked) as run, store.staging_dir() as scratch:
+        ins = Inputs(str(store.root), present, ctx.iteration, scratch=str(scratch))
+        if stage in TRAINING and setup.launch.mode == "accelerate":
+            result = launch.accelerate(stage, cfg, ins, setup.ensemble, setup.generate, ctx.seeds(stage), setup.launch)
+        else:
+            result = STAGES[stage](cfg, ins, backends=backends_for(ctx, stage, setup, ins), seed=ctx.seeds(stage))
+        refs = publish(store, result, list(tracked.values()))
+        refs = AFTER.get(stage, lambda ctx, run, refs, result, inputs: refs)(ctx, run, refs, result, present)
+        run.outputs(refs)
+        run.log_history(result.history)
+        run.log_metrics(result.metrics)
+    return refs
 
 
-@stage_task
-def generate_task(ctx: RunContext, cfg: C.GenerateConfig, prompts: ArtifactRef, policy: ArtifactRef,
-                  policy_source: str, fanout: C.FanoutConfig = C.FanoutConfig()) -> ArtifactRef:
-    """`fanout.generate_shards` prompt shards, sampled as Ray tasks with `fanout.task_runner: ray`
-    (tasks/fanout.py), else one after another here; the rollouts are the same either way."""
-    store = ctx.store()
-    on_ray = fanout.task_runner == "ray" and fanout.generate_shards > 1
-    shard_map = {"map_shards": ray_shard_map(fanout)} if on_ray else {}
-    with ctx.stage("generate", cfg, {"prompts": prompts, "policy": policy}) as run:
-        table, stats = generate.run(cfg, store.read_table(prompts), policy_source, policy_sha=policy.sha256,
-                                    seed=ctx.seed * 100_003 + ctx.iteration, shards=fanout.generate_shards,
-                                    **shard_map)
-        ref = store.put_table("rollouts", table, parents=[prompts, policy])
-        run.outputs({"rollouts": ref})
-        run.log_metrics(stats)
-    return ref
-
-
-@stage_task
-def label_task(ctx: RunContext, cfg: C.LabelConfig, rollouts: ArtifactRef, reward_model: ArtifactRef | None,
-               gold: str | None, human: list[ArtifactRef] | None = None) -> ArtifactRef:
-    """`human`: imported human-label tables (alignloop labels import) this iteration adds. The judge's cache
-    lives in <workspace>/judge_cache, its transcript becomes a `judge_transcript` artifact, uncertain pairs
-    go to <workspace>/human_queue/iter-NNNN.jsonl when label.uncertain = human_queue."""
-    import json
-
-    import pyarrow as pa
-
+def _after_label(ctx: RunContext, run, refs: dict, result: StageResult, inputs: dict) -> dict:
+    """The transcript and the review queue where people look (MLflow, <workspace>/human_queue)."""
     from components.human_queue import write_queue
-    from components.judge import make_runner
 
-    store, human = ctx.store(), human or []
-    inputs = {"rollouts": rollouts, **({"reward_model": reward_model} if reward_model else {}),
-              **{f"human.{i}": h for i, h in enumerate(human)}}
-    with ctx.stage("label", cfg, inputs) as run:
-        judge = make_runner(cfg.judge, gold=_gold(gold), seed=ctx.seed, cache_dir=ctx.ws.root / "judge_cache")
-        out = label.run(cfg, store.read_table(rollouts), reward_models=_members(store, reward_model),
-                        gold=_gold(gold), iteration=ctx.iteration, seed=ctx.seed, judge=judge,
-                        human=pa.concat_tables([store.read_table(h) for h in human]) if human else None)
-        parents = [rollouts] + ([reward_model] if reward_model else []) + human
-        scores_ref = store.put_table("scores", out.scores, parents=parents)
-        # the label mix travels with the ref (into the ledger and the demo table); full metrics go to MLflow
-        mix = ("pairs_built", "pairs_kept", "kept/rm_ensemble", "kept/judge", "kept/gold", "kept/human", "judge_calls",
-               "oriented_correctly")
-        meta = {"scores": scores_ref.sha256, "iteration": ctx.iteration,
-                "label": {k: out.metrics[k] for k in mix if k in out.metrics and out.metrics[k] == out.metrics[k]}}
-        refs = {"scores": scores_ref}
-        if out.transcript:
-            with store.staging_dir() as d:
-                (d / "t").mkdir()
-                (d / "t" / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n"
-                                                             for c in out.transcript))
-                refs["judge_transcript"] = store.put_dir("judge_transcript", d / "t", parents=[rollouts])
-            run.log_artifact(store.path(refs["judge_transcript"]) / "calls.jsonl", "judge_transcript")
-            meta["judge_transcript"] = refs["judge_transcript"].sha256
-        if out.human_queue:
-            run.log_artifact(write_queue(ctx.ws, ctx.iteration, out.human_queue), "human_queue")
-        ref = store.put_table("preferences", out.preferences, parents=parents, meta=meta)
-        run.outputs({"preferences": ref, **refs})
-        run.log_metrics({f"label/{k}": v for k, v in out.metrics.items()})
-    return ref
+    if "judge_transcript" in refs:
+        run.log_artifact(ctx.store().path(refs["judge_transcript"]) / "calls.jsonl", "judge_transcript")
+    if result.records.get("human_queue"):
+        run.log_artifact(write_queue(ctx.ws, ctx.iteration, result.records["human_queue"]), "human_queue")
+    return refs
+
+
+def _after_train_reward(ctx: RunContext, run, refs: dict, result: StageResult, inputs: dict) -> dict:
+    """The ensemble to use from now on: the new one, registered and aliased `champion`, or the previous one if
+    its held-out accuracy regressed (the new one is not registered)."""
+    tracker, previous = ctx.tracker(), inputs.get("previous")
+    if previous is not None and not result.metrics["train_reward/accepted"]:
+        regression = result.metrics["train_reward/trusted_accuracy_regression"]
+        tracker.client.set_tag(run.run_id, "alignloop.rm_decision",
+                               f"kept previous: held-out accuracy regressed by {regression:.3f}")
+        return {**refs, "reward_model": previous}
+    tracker.client.set_tag(run.run_id, "alignloop.rm_decision", "registered")
+    ref = refs["reward_model"]
+    version = tracker.register(REWARD_MODEL, ref, ctx.store().uri(ref), run.run_id,
+                               {"alignloop.iteration": str(ctx.iteration)})
+    tracker.set_alias(REWARD_MODEL, "champion", version)
+    return refs
+
+
+STAGES = {"sample_prompts": sample_prompts.run, "generate": generate.run, "label": label.run,
+          "train_reward": train_reward.run, "train_policy": train_policy.run, "evaluate": evaluate.run}
+TRAINING = ("train_reward", "train_policy")  # the stages `train_launch.mode: accelerate` runs as a subprocess
+AFTER = {"label": _after_label, "train_reward": _after_train_reward}
 
 
 @stage_task
-def train_reward_task(ctx: RunContext, cfg: C.RewardConfig, preferences: list[ArtifactRef], init: str,
-                      launch: C.LaunchConfig = C.LaunchConfig(), previous: ArtifactRef | None = None,
-                      fanout: C.FanoutConfig = C.FanoutConfig()) -> ArtifactRef:
-    """Retrain (warm-started from `previous`, the ensemble in use); returns the ensemble to use from now on: the
-    new one, registered and aliased `champion`, or `previous` if held-out accuracy regressed (not registered).
-    `fanout.task_runner: ray` trains the members as Ray tasks (tasks/fanout.py); everything else stays here."""
+def gate_task(ctx: RunContext, cfg: C.GateConfig, report: ArtifactRef, candidate: ArtifactRef) -> dict:
+    """Decide from the stored evaluation report (`gate:` thresholds); register the candidate (alias `candidate`);
+    move `champion` only if the gate passed. A threshold change re-decides here without re-sampling."""
     store = ctx.store()
-    inputs = {f"preferences.{p.meta.get('iteration', i)}": p for i, p in enumerate(preferences)}
-    with ctx.stage("train_reward", cfg, {**inputs, **({"previous": previous} if previous else {})}) as run:
-        with store.staging_dir() as d:
-            metrics = run_stage("train_reward", cfg, launch, store, preferences, init_path=init,
-                                out_dir=d / "ensemble", seed=ctx.seed, previous=_members(store, previous),
-                                **({"map_members": ray_map(fanout)} if fanout.task_runner == "ray" else {}))
-            ref = store.put_dir("reward_model", d / "ensemble", parents=preferences,
-                                meta={"members": cfg.members, "iteration": ctx.iteration})
-        run.log_metrics(metrics)
-        if previous is not None and not metrics["accepted"]:
-            ctx.tracker().client.set_tag(run.run_id, "alignloop.rm_decision", "kept previous: held-out accuracy "
-                                         f"regressed by {metrics['trusted_accuracy_regression']:.3f}")
-            run.outputs({"reward_model": previous})
-            return previous
-        run.outputs({"reward_model": ref})
-        ctx.tracker().client.set_tag(run.run_id, "alignloop.rm_decision", "registered")
-        version = ctx.tracker().register(REWARD_MODEL, ref, store.uri(ref), run.run_id,
-                                         {"alignloop.iteration": str(ctx.iteration)})
-        ctx.tracker().set_alias(REWARD_MODEL, "champion", version)
-    return ref
-
-
-@stage_task
-def train_policy_task(ctx: RunContext, cfg: C.PolicyConfig, preferences: ArtifactRef, policy: ArtifactRef,
-                      policy_source: str, reference_source: str, launch: C.LaunchConfig = C.LaunchConfig(),
-                      prompts: ArtifactRef | None = None, pool: ArtifactRef | None = None,
-                      reward_model: ArtifactRef | None = None, label_cfg: C.LabelConfig = C.LabelConfig()
-                      ) -> ArtifactRef:
-    """`prompts` feed online RL; `pool`'s eval split feeds the post-update KL/entropy probe; `reward_model` (with
-    label_cfg's aggregation) is the RL reward and the probe's proxy."""
-    store = ctx.store()
-    with ctx.stage("train_policy", cfg, {"preferences": preferences, "policy": policy}) as run:
-        with store.staging_dir() as d:
-            heldout = (evaluate.heldout_prompts(store.read_table(pool), cfg.probe_prompts, ctx.seed)["prompt"]
-                       .to_pylist() if pool else [])
-            metrics = run_stage("train_policy", cfg, launch, store, [preferences], policy_path=policy_source,
-                                ref_path=reference_source, out_dir=d / "policy", seed=ctx.seed + ctx.iteration,
-                                prompts=store.read_table(prompts)["prompt"].to_pylist() if prompts else [],
-                                heldout_prompts=heldout, reward_models=_members(store, reward_model),
-                                aggregation=label_cfg.aggregation, uw_lambda=label_cfg.uw_lambda)
-            ref = store.put_dir("policy", d / "policy", parents=[preferences, policy],
-                                meta={"iteration": ctx.iteration})
-        run.outputs({"candidate": ref})
-        # the trainer's trajectories (loss, logps, reward, kl, ...)
-        run.log_history([{f"train_policy/trajectory/{k}" if k != "step" else k: v for k, v in window.items()}
-                         for window in metrics.pop("history", [])])
-        run.log_metrics(metrics)
-    return ref
-
-
-@stage_task
-def evaluate_task(ctx: RunContext, cfg: C.EvalConfig, gen: C.GenerateConfig, label_cfg: C.LabelConfig,
-                  pool: ArtifactRef, candidate: ArtifactRef, champion: ArtifactRef, champion_source: str,
-                  reference_source: str, reward_model: ArtifactRef, gold: str | None) -> ArtifactRef:
-    store = ctx.store()
-    with ctx.stage("evaluate", cfg, {"candidate": candidate, "champion": champion, "reward_model": reward_model}
-                   ) as run:
-        prompts = evaluate.heldout_prompts(store.read_table(pool), cfg.n_prompts, ctx.seed)
-        samples, report = evaluate.run(cfg, gen, prompts, candidate_path=str(store.path(candidate)),
-                                       champion_path=champion_source, ref_path=reference_source,
-                                       reward_models=_members(store, reward_model), gold=_gold(gold),
-                                       aggregation=label_cfg.aggregation, uw_lambda=label_cfg.uw_lambda,
-                                       seed=ctx.seed)
-        parents = [candidate, champion, reward_model]
-        samples_ref = store.put_table("eval_samples", samples, parents=parents)
-        ref = store.put_json("eval_report", {**report, "samples": samples_ref.sha256}, parents=parents)
-        run.outputs({"eval_report": ref, "eval_samples": samples_ref})
-        flat = {k.replace(".", "/"): v for k, v in evaluate.flat_metrics(report).items()}
-        run.log_metrics({**flat, "gate/promote": float(report["gate"]["promote"])})
-    return ref
-
-
-@stage_task
-def gate_task(ctx: RunContext, report: ArtifactRef, candidate: ArtifactRef) -> dict:
-    """Register the candidate (alias `candidate`); move `champion` only if the gate passed."""
-    store = ctx.store()
-    decision = store.read_json(report)["gate"]
+    decision = gating.decide(store.read_json(report)["metrics"], cfg).to_dict()
     tracker = ctx.tracker()
     with ctx.stage("gate", None, {"eval_report": report, "candidate": candidate}) as run:
         version = tracker.register(POLICY, candidate, store.uri(candidate), run.run_id,
@@ -283,7 +236,7 @@ def gate_task(ctx: RunContext, report: ArtifactRef, candidate: ArtifactRef) -> d
         tracker.set_alias(POLICY, "candidate", version)
         if decision["promote"]:
             tracker.promote(POLICY, version)
-        run.log_metrics({"promote": float(decision["promote"])})
+        run.log_metrics({"gate/promote": float(decision["promote"])})
         tracker.client.set_tag(run.run_id, "alignloop.gate_reasons", "; ".join(decision["reasons"]) or "all passed")
         # The decision where people look: the iteration's MLflow run and the Prefect UI.
         table = gating.markdown(decision, f"{ctx.loop} iteration {ctx.iteration}: gate for policy v{version}")

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-for key, value in {
-    "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-}.items():
-    os.environ.setdefault(key, value)
+from components.env import apply_defaults
+
+apply_defaults(offline=True)  # the tests run the embedded default: offline, one thread (components/env.py)
 
 # Prefect's persisted task results (the cache that makes re-runs skip stages) go to a per-session scratch dir.
 os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="alignloop-prefect-"))
@@ -54,7 +50,8 @@ def flow_config(tmp_path: Path, boot: dict, **label) -> Path:
         "sample": {"n_prompts": 24},
         "generate": {"samples_per_prompt": 4, "max_new_tokens": 24},
         "label": {"seed_gold_pairs": 96, "min_margin_over_std": 0.5, **label},
-        "train_reward": {"members": 3, "epochs": 2, "learning_rate": 1e-4},
+        "ensemble": {"members": 3},
+        "train_reward": {"epochs": 2, "learning_rate": 1e-4},
         "train_policy": {"batch_size": 8},
         "evaluate": {"n_prompts": 8, "samples_per_prompt": 2, "bootstrap_resamples": 200},
     }

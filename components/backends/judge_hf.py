@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from components.judge import RUBRIC, Answer
+from components.backends.judge_base import RUBRIC, Answer
 
 
 class HFJudge:

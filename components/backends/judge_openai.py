@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from components.judge import RUBRIC, Answer, TransportError, parse_verdict
+from components.backends.judge_base import RUBRIC, Answer, TransportError, parse_verdict
 
 
 class OpenAIJudge:

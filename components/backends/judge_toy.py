@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from components.judge import Answer
+from components.backends.judge_base import Answer
 
 
 class ToyJudge:

@@ -1,14 +1,15 @@
-"""Run a training stage in the calling process, or under `accelerate launch` as a subprocess.
+"""Run a training stage under `accelerate launch`, as a subprocess of the stage's Prefect task.
 
     python -m components.backends.launch JOB.json      (what `accelerate launch` starts on every process)
 
-`run_stage` is what the Prefect training tasks call. With `train_launch.mode: in_process` it calls the pure stage
-function directly. With `mode: accelerate` it writes a job file (stage name, stage config, the store and the
-input tables' refs, the stage's other arguments) and runs `accelerate launch [settings] -m
+With `train_launch.mode: accelerate` the generic stage task calls `accelerate(...)`: it writes a job file (stage
+name, stage config, the stage's `Inputs` — the store and its input refs, the scratch directory —, the ensemble
+and generate settings its backends are built from, its seeds) and runs `accelerate launch [settings] -m
 components.backends.launch JOB.json`: accelerate starts `num_processes` workers with the mixed-precision and
 DeepSpeed settings in its environment, where transformers' Trainer (under TRL) picks them up. Each worker reads
-the job and runs the same pure stage function; rank 0 writes the metrics the task logs. The subprocess boundary
-is what lets a Prefect worker on a GPU pool own the GPUs for the duration of one stage and release them after.
+the job, builds the same backends and calls the same stage function as an in-process run (`STAGES`); rank 0
+writes the StageResult's metrics, history and output directories, which the task publishes. The subprocess
+boundary is what lets a Prefect worker on a GPU pool own the GPUs for the duration of one stage and release them.
 """
 
 from __future__ import annotations
@@ -19,35 +20,24 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from components.artifacts import ArtifactRef, ArtifactStore
-from components.config import LaunchConfig, PolicyConfig, RewardConfig
+from components.config import EnsembleConfig, GenerateConfig, LaunchConfig, PolicyConfig, RewardConfig
+from components.contract import Backends, Inputs, Output, Seeds, StageResult
+from components.stages import train_policy, train_reward
 
 logger = logging.getLogger(__name__)
 
-# stage name -> (module with `run(cfg, table, **kwargs)`, its config class)
-STAGES: dict[str, tuple[str, type[BaseModel]]] = {
-    "train_reward": ("components.stages.train_reward", RewardConfig),
-    "train_policy": ("components.stages.train_policy", PolicyConfig),
+# the training stages: name -> (run, its config class)
+STAGES: dict[str, tuple[Callable[..., StageResult], type[BaseModel]]] = {
+    "train_reward": (train_reward.run, RewardConfig),
+    "train_policy": (train_policy.run, PolicyConfig),
 }
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PATH_ARGS = {"out_dir"}  # stage kwargs that are `Path`s (JSON carries them as strings)
 STDERR_TAIL = 4000  # characters of a failed subprocess's stderr quoted in the error
-
-
-def _call(stage: str, cfg: BaseModel, store: ArtifactStore, tables: list[ArtifactRef], kwargs: dict) -> dict:
-    import importlib
-
-    import pyarrow as pa
-
-    if stage not in STAGES:
-        raise ValueError(f"launch: unknown training stage {stage!r} (known: {', '.join(STAGES)})")
-    module = importlib.import_module(STAGES[stage][0])
-    table = pa.concat_tables([store.read_table(ref) for ref in tables])
-    return module.run(cfg, table, **{k: Path(v) if k in PATH_ARGS else v for k, v in kwargs.items()})
 
 
 def accelerate_command(launch: LaunchConfig, job: Path) -> list[str]:
@@ -68,39 +58,57 @@ def accelerate_command(launch: LaunchConfig, job: Path) -> list[str]:
     return [*cmd, *launch.extra_args, "-m", "components.backends.launch", str(job)]
 
 
-def run_stage(stage: str, cfg: BaseModel, launch: LaunchConfig, store: ArtifactStore, tables: list[ArtifactRef],
-              **kwargs) -> dict[str, float]:
-    """Run training stage `stage` on the concatenation of `tables`; returns its metrics."""
-    if launch.mode == "in_process":
-        return _call(stage, cfg, store, tables, kwargs)
+def accelerate(stage: str, cfg: BaseModel, inputs: Inputs, ensemble: EnsembleConfig, generate: GenerateConfig | None,
+               seeds: Seeds, launch: LaunchConfig) -> StageResult:
+    """`stage` on `inputs` in `accelerate launch` workers; its result as rank 0 wrote it."""
     with tempfile.TemporaryDirectory(prefix=f"alignloop-{stage}-") as tmp:
-        job, metrics = Path(tmp) / "job.json", Path(tmp) / "metrics.json"
+        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({
-            "stage": stage, "config": cfg.model_dump(mode="json"), "store": str(Path(store.root).resolve()),
-            "tables": [ref.model_dump(mode="json") for ref in tables], "metrics": str(metrics),
-            "kwargs": {k: str(v) if k in PATH_ARGS else v for k, v in kwargs.items()}}))
+            "stage": stage, "config": cfg.model_dump(mode="json"), "result": str(result),
+            "inputs": {"store_root": str(Path(inputs.store_root).resolve()), "iteration": inputs.iteration,
+                       "scratch": inputs.scratch, "store_remote": inputs.store_remote,
+                       "refs": {k: [r.model_dump(mode="json") for r in v] if isinstance(v, tuple) else
+                                v.model_dump(mode="json") for k, v in inputs.refs.items() if v}},
+            "ensemble": ensemble.model_dump(mode="json"),
+            "generate": generate.model_dump(mode="json") if generate else None,
+            "seeds": [seeds.loop, seeds.iteration, seeds.stage]}))
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
         cmd = accelerate_command(launch, job)
         logger.info("launching %s: %s", stage, " ".join(cmd))
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not metrics.exists():
+        proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+        if proc.returncode != 0 or not result.exists():
             raise RuntimeError(f"{stage} under accelerate failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-STDERR_TAIL:]}")
-        return json.loads(metrics.read_text())
+        doc = json.loads(result.read_text())
+    outputs = {k: Output(o["kind"], dir=Path(o["dir"]), meta=o["meta"]) for k, o in doc["outputs"].items()}
+    return StageResult(outputs=outputs, metrics=doc["metrics"], history=doc["history"])
+
+
+def _run_job(job: dict) -> StageResult:
+    from components.artifacts import ArtifactRef
+    from components.backends.models import Models
+
+    run, cfg_class = STAGES[job["stage"]]
+    i = job["inputs"]
+    refs = {k: tuple(ArtifactRef(**r) for r in v) if isinstance(v, list) else ArtifactRef(**v)
+            for k, v in i["refs"].items()}
+    inputs = Inputs(i["store_root"], refs, i["iteration"], scratch=i["scratch"], store_remote=i["store_remote"])
+    models = Models(inputs, ensemble=EnsembleConfig(**job["ensemble"]),
+                    generate=GenerateConfig(**job["generate"]) if job["generate"] else GenerateConfig())
+    return run(cfg_class.model_validate(job["config"]), inputs, backends=Backends(models=models),
+               seed=Seeds(*job["seeds"]))
 
 
 def main(argv: list[str] | None = None) -> None:
     job_path = Path((argv if argv is not None else sys.argv[1:])[0])
     job = json.loads(job_path.read_text())
-    stage = job["stage"]
-    if stage not in STAGES:
-        raise ValueError(f"{job_path}: unknown training stage {stage!r} (known: {', '.join(STAGES)})")
-    cfg = STAGES[stage][1].model_validate(job["config"])
-    tables = [ArtifactRef(**ref) for ref in job["tables"]]
-    metrics = _call(stage, cfg, ArtifactStore(job["store"]), tables, job["kwargs"])
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer; every rank computed the same metrics
-        Path(job["metrics"]).write_text(json.dumps(metrics))
+    if job["stage"] not in STAGES:
+        raise ValueError(f"{job_path}: unknown training stage {job['stage']!r} (known: {', '.join(STAGES)})")
+    result = _run_job(job)
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer; every rank computed the same result
+        Path(job["result"]).write_text(json.dumps({
+            "metrics": result.metrics, "history": result.history,
+            "outputs": {k: {"kind": o.kind, "dir": str(o.dir), "meta": o.meta} for k, o in result.outputs.items()}}))
 
 
 if __name__ == "__main__":

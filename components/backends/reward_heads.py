@@ -50,8 +50,8 @@ def bootstrap_bt_loss(r_chosen, r_rejected, weights, centering: float = 0.0):
 
 
 def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, cfg: RewardConfig, *,
-                       seed: int) -> dict:
-    """K = cfg.members Bradley-Terry heads on one trunk, saved to `out_dir` (safetensors + tokenizer).
+                       heads: int, seed: int) -> dict:
+    """K = `heads` Bradley-Terry heads on one trunk, saved to `out_dir` (safetensors + tokenizer).
 
     `init_path` is a causal LM (fresh heads from `seed`) or a reward model (warm start: trunk and, when it has K
     heads, the heads; otherwise fresh heads on its trunk). Pairs longer than cfg.max_length tokens are dropped
@@ -76,7 +76,7 @@ def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, c
     )
 
     t0 = time.perf_counter()
-    out_dir, heads = Path(out_dir), cfg.members
+    out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(init_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -9,7 +9,7 @@ TRL 1.16 specifics handled here (see shared/STACK-NOTES.md): configs default to 
 (both off here), `warmup_ratio` is gone (a fraction goes to `warmup_steps`), `processing_class=tokenizer`, the DPO
 reference model is passed explicitly, DPOTrainer patches `model.forward` in place (so the trained model is saved
 and must be reloaded from disk before any other use), and DPO's `rpo_alpha` is gone: the SFT term on chosen is
-the loss list `["sigmoid", "sft"]` weighted `[1, sft_coef]`.
+the loss list `["sigmoid", "sft"]` weighted `[1, dpo.sft_coef]`.
 
 Optional LoRA (`cfg.lora.r > 0`, peft): TRL wraps the model; the adapter is merged into the weights before saving,
 so every checkpoint stays a plain `from_pretrained` directory. `cfg.trainer_args` reach the TRL config unchanged
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from components.config import LoraSettings, PolicyConfig, RewardConfig
+    from components.config import DPOConfig, LoraSettings, PolicyConfig, RewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,68 @@ def steps_for(n: int, batch_size: int, epochs: int) -> int:
     return max(1, math.ceil(n / batch_size)) * epochs
 
 
+def load_tokenizer(path: str, *, padding_side: str | None = None):
+    """The checkpoint's tokenizer; pad falls back to eos only when it has none (the collators need a pad id)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def scratch_dir(out_dir: Path, tag: str = "trl") -> tempfile.TemporaryDirectory:
+    """The trainer's output_dir: a hidden temporary directory next to `out_dir`, removed on exit, so a training
+    leaves nothing behind but the checkpoint it saves."""
+    return tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-{tag}-", dir=parent_dir(out_dir))
+
+
+def fit_and_save(trainer, tokenizer, out_dir: Path):
+    """Train, then save the (LoRA-merged) model to `out_dir`; returns the TrainOutput. TRL patches the trained
+    model's forward in place, so callers reload from `out_dir` rather than reuse `trainer.model`."""
+    quiet(trainer)
+    result = trainer.train()
+    save(trainer.model, tokenizer, out_dir, trainer.accelerator)
+    return result
+
+
+def scored_pair_ids(tokenizer, pair: dict) -> tuple[list[int], list[int]]:
+    """(chosen, rejected) token ids of a preference pair, each side exactly as `hf.RewardEnsemble` scores it."""
+    from components.backends.hf import encode_scored
+
+    return (encode_scored(tokenizer, pair["prompt"], pair["chosen"])[0],
+            encode_scored(tokenizer, pair["prompt"], pair["rejected"])[0])
+
+
+def _fresh_reward_member(init_path: str, tokenizer, seed: int):
+    """A one-head sequence-classification model on `init_path`'s trunk; a new score head is drawn from `seed`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    set_seed(seed)  # the fresh score head's initialisation
+    with suppress_seqcls_warning():  # causal LM -> seq-cls: lm_head unused, score head new (expected)
+        model = AutoModelForSequenceClassification.from_pretrained(init_path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _heldout_ranking(model_dir: Path, eval_pairs: list[dict]) -> tuple[float, float]:
+    """(share of pairs with r(chosen) > r(rejected), mean r(chosen) − r(rejected)) of the saved reward model,
+    loaded exactly as later stages load it; NaN for both without pairs."""
+    from components.backends.hf import load_reward_model, reward_scores
+
+    if not eval_pairs:
+        return float("nan"), float("nan")
+    model, tokenizer = load_reward_model(str(model_dir))
+    prompts = [p["prompt"] for p in eval_pairs]
+    r_chosen = reward_scores(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs])[0]
+    r_rejected = reward_scores(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs])[0]
+    return float(np.mean(r_chosen > r_rejected)), float(np.mean(r_chosen - r_rejected))
+
+
 def train_reward_member(
     init_path: str,
     train_pairs: list[dict],
@@ -147,50 +209,24 @@ def train_reward_member(
     dropped (TRL's rule) and counted. Returns train_loss, heldout_accuracy (share of eval pairs with
     r(chosen) > r(rejected); NaN without eval pairs), heldout_margin, seconds, steps, n_train, dropped_too_long.
     """
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig as TRLRewardConfig
     from trl import RewardTrainer
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    from components.backends.hf import encode_scored, load_reward_model, reward_scores
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(init_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    set_seed(seed)  # the fresh score head's initialisation
-    with suppress_seqcls_warning():  # causal LM -> seq-cls: lm_head unused, score head new (expected)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            init_path, num_labels=1, dtype=torch.float32
-        )
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-    rows = []
-    for p in train_pairs:
-        chosen, _ = encode_scored(tokenizer, p["prompt"], p["chosen"])
-        rejected, _ = encode_scored(tokenizer, p["prompt"], p["rejected"])
-        rows.append({"chosen_ids": chosen, "rejected_ids": rejected})
-    kept = sum(max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= cfg.max_length for r in rows)
+    tokenizer = load_tokenizer(init_path)
+    model = _fresh_reward_member(init_path, tokenizer, seed)
+    rows = [dict(zip(("chosen_ids", "rejected_ids"), scored_pair_ids(tokenizer, p))) for p in train_pairs]
+    kept = sum(max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= cfg.max_length for r in rows)  # TRL drops the rest
     if kept == 0:
-        raise ValueError(
-            f"no training pair fits max_length={cfg.max_length} tokens ({len(rows)} pairs given)"
-        )
-    steps = steps_for(kept, cfg.batch_size, cfg.epochs)
+        raise ValueError(f"no training pair fits max_length={cfg.max_length} tokens ({len(rows)} pairs given)")
 
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=parent_dir(out_dir)) as tmp:
+    with scratch_dir(out_dir) as tmp:
         args = trl_config(
             TRLRewardConfig, "train_reward", cfg.trainer_args,
-            **common_args(
-                tmp,
-                lr=cfg.learning_rate,
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                seed=seed,
-                steps=steps,
-            ),
+            **common_args(tmp, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                          steps=steps_for(kept, cfg.batch_size, cfg.epochs)),
             max_length=cfg.max_length,
             center_rewards_coefficient=REWARD_CENTERING,
         )
@@ -198,18 +234,8 @@ def train_reward_member(
             model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
             peft_config=peft_config(cfg.lora, "SEQ_CLS"),
         )
-        quiet(trainer)
-        result = trainer.train()
-        save(trainer.model, tokenizer, out_dir, trainer.accelerator)
-    model, tokenizer = load_reward_model(str(out_dir))  # the merged checkpoint, exactly as later stages load it
-
-    heldout_accuracy = heldout_margin = float("nan")
-    if eval_pairs:
-        prompts = [p["prompt"] for p in eval_pairs]
-        r_chosen = reward_scores(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs])[0]
-        r_rejected = reward_scores(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs])[0]
-        heldout_accuracy = float(np.mean(r_chosen > r_rejected))
-        heldout_margin = float(np.mean(r_chosen - r_rejected))
+        result = fit_and_save(trainer, tokenizer, out_dir)
+    heldout_accuracy, heldout_margin = _heldout_ranking(out_dir, eval_pairs)
     return {
         "train_loss": float(result.training_loss),
         "heldout_accuracy": heldout_accuracy,
@@ -226,13 +252,14 @@ def parent_dir(out_dir: Path) -> str:
     return str(out_dir.parent)
 
 
-def _dpo_losses(cfg: PolicyConfig) -> dict:
-    losses = {"loss_type": [cfg.loss_type], "loss_weights": [1.0]}
-    if cfg.loss_type == "robust":
+def _dpo_losses(dpo: DPOConfig) -> dict:
+    """TRL's loss list for `train_policy.dpo`: the DPO variant, plus the weighted "sft" term (RPO) when on."""
+    losses = {"loss_type": [dpo.loss_type], "loss_weights": [1.0]}
+    if dpo.loss_type == "robust":
         losses["label_smoothing"] = ROBUST_LABEL_SMOOTHING
-    if cfg.sft_coef > 0:
+    if dpo.sft_coef > 0:
         losses["loss_type"].append("sft")
-        losses["loss_weights"].append(cfg.sft_coef)
+        losses["loss_weights"].append(dpo.sft_coef)
     return losses
 
 
@@ -264,6 +291,31 @@ DPO_LOGGED = (
 )
 
 
+def _policy_and_reference(policy_path: str, ref_path: str):
+    """The policy to train and the frozen reference DPO measures it against, both float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32)
+    ref_model.eval().requires_grad_(False)
+    return model, ref_model
+
+
+def dpo_args(tmp_dir: str, cfg: PolicyConfig, *, seed: int, steps: int):
+    """TRL's DPOConfig for `train_policy`: β, the loss variant of `train_policy.dpo`, then `trainer_args`."""
+    from trl import DPOConfig as TRLDPOConfig
+
+    return trl_config(
+        TRLDPOConfig, "train_policy", cfg.trainer_args,
+        **common_args(tmp_dir, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                      steps=steps),
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+        **_dpo_losses(cfg.dpo),
+    )
+
+
 def train_dpo(
     policy_path: str,
     ref_path: str,
@@ -275,57 +327,33 @@ def train_dpo(
 ) -> dict:
     """DPO from `policy_path` against the reference loaded from `ref_path`, saved to `out_dir`.
 
-    loss_type sigmoid/ipo/robust are TRL's (robust with label_smoothing = ROBUST_LABEL_SMOOTHING); sft_coef > 0
-    adds TRL's "sft" loss (mean NLL of chosen tokens) with that weight, i.e. RPO. TRL tokenizes
+    dpo.loss_type sigmoid/ipo/robust are TRL's (robust with label_smoothing = ROBUST_LABEL_SMOOTHING);
+    dpo.sft_coef > 0 adds TRL's "sft" loss (mean NLL of chosen tokens) with that weight, i.e. RPO. TRL tokenizes
     `prompt + completion + eos` as one string, the same text `hf.sequence_logprobs` scores. Returns the last
     logged window of loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected}, plus
     train_loss (mean over the run), seconds, steps, n_train.
     """
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if not pairs:
         raise ValueError("train_dpo needs at least one preference pair")
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
-    ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32)
-    ref_model.eval().requires_grad_(False)
+    tokenizer = load_tokenizer(policy_path, padding_side="left")
+    model, ref_model = _policy_and_reference(policy_path, ref_path)
     data = Dataset.from_list(
         [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     )
-    steps = steps_for(len(pairs), cfg.batch_size, cfg.epochs)
 
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trl-", dir=parent_dir(out_dir)) as tmp:
-        args = trl_config(
-            DPOConfig, "train_policy", cfg.trainer_args,
-            **common_args(
-                tmp,
-                lr=cfg.learning_rate,
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                seed=seed,
-                steps=steps,
-            ),
-            beta=cfg.beta,
-            max_length=cfg.max_length,
-            **_dpo_losses(cfg),
-        )
+    with scratch_dir(out_dir) as tmp:
+        args = dpo_args(tmp, cfg, seed=seed, steps=steps_for(len(pairs), cfg.batch_size, cfg.epochs))
         trainer = DPOTrainer(
             model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=tokenizer,
             peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
         )
-        quiet(trainer)
         _check_dpo_tokens(trainer.train_dataset[0], tokenizer, pairs[0])
-        result = trainer.train()
-        # trainer.model.forward is patched (fused LM head): save, and let users reload from out_dir
-        save(trainer.model, tokenizer, out_dir, trainer.accelerator)
+        result = fit_and_save(trainer, tokenizer, out_dir)
         n_train = len(trainer.train_dataset)
 
     metrics = last_logged(trainer.state.log_history, DPO_LOGGED)

@@ -1,6 +1,6 @@
-"""Stage 6, evaluate + gate: candidate vs champion on held-out prompts, then the promotion decision.
+"""Stage 6, evaluate: candidate vs champion on held-out prompts; the gate task decides from its report.
 
-    alignloop run --config configs/tiny.yaml --set evaluate.gate.max_kl=8
+    alignloop run --config configs/tiny.yaml --set evaluate.n_prompts=256
 
 Both policies sample `samples_per_prompt` completions for the same held-out prompts (eval split, the same
 prompts every iteration so numbers are comparable across iterations). Each completion gets the ensemble
@@ -8,34 +8,22 @@ reward (proxy), the gold reward where an oracle exists, and log-probs under its 
 Reported per model: proxy/gold reward, KL to reference (nats/sequence), mean length, and the mean
 log-likelihood of a fixed regression set of reference completions. Paired, candidate over champion, with
 bootstrap CIs: win rates by the proxy and by the held-out judge, the same after removing the part of the
-reward that length explains (length-controlled), and the reward-hacking signal. `gating.decide` turns the
-flat metrics into promote / reject with reasons.
+reward that length explains (length-controlled), and the reward-hacking signal. The gate task
+(`components.gating.decide`, config `gate:`) turns the report's flat metrics into promote / reject with reasons,
+so a threshold change re-decides from the stored report without re-sampling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pyarrow as pa
 
-from components.config import EvalConfig, GenerateConfig
-from components.gating import decide
+from components.config import EvalConfig
+from components.contract import Backends, Inputs, Output, Seeds, StageResult
 from components.metrics import kl_estimate, win_rate
-from components.stages.sample_prompts import stratified_order
-from components.uncertainty import Aggregation, aggregate
+from components.stages.sample_prompts import heldout_prompts
 
 SIDES = ("candidate", "champion")
-
-
-def heldout_prompts(pool: pa.Table, n: int, seed: int) -> pa.Table:
-    """The fixed held-out set: first n of the eval split in a seeded stratified order."""
-    import pyarrow.compute as pc
-
-    ev = pool.filter(pc.equal(pool["split"], "eval"))
-    if ev.num_rows == 0:
-        raise ValueError("prompt pool has no rows with split == 'eval' (needed for the held-out evaluation)")
-    return ev.take(pa.array(stratified_order(ev["source"].to_pylist(), np.random.default_rng(seed))[:n]))
 
 
 def regression_pairs(cfg: EvalConfig, prompts: pa.Table, seed: int) -> tuple[list[str], list[str]] | None:
@@ -76,77 +64,74 @@ def reward_hacking(proxy: dict[str, float], heldout: dict[str, float]) -> float:
     return min(proxy["ci_low"] - 0.5, 0.5 - heldout["value"])
 
 
-def _sample_and_score(path, prompts, gen: GenerateConfig, n, seed, ref, ensemble, gold, aggregation, uw_lambda,
-                      regression):
+def _sample_and_score(side: str, models, prompts: pa.Table, n: int, seed: int, gold, regression):
+    """One model's held-out samples, scored: proxy (ensemble aggregate) and gold reward, log-probs under itself
+    and the reference; and its mean log-likelihood of the regression set."""
     from components.backends import hf
-    from components.stages.generate import sample
 
     texts = prompts["prompt"].to_pylist()
-    # the `generate` stage's engine (vLLM on a GPU); the transformers model scores log-probs either way, and is
-    # loaded after a vLLM engine has released the GPU, or before, to be shared, when transformers generates
-    sample_cfg = gen.model_copy(update={"samples_per_prompt": n})
-    if gen.backend == "vllm":
-        gens, _ = sample(sample_cfg, texts, path, seed)
-        model, tok = hf.load_causal_lm(path)
-    else:
-        model, tok = hf.load_causal_lm(path)
-        gens, _ = sample(sample_cfg, texts, path, seed, loaded=(model, tok))
+    # the `generate` stage's engine (vLLM on a GPU); with transformers the sampling model is the scoring model
+    gens, _ = models.generator(side).sample(texts, n, seed)
+    model, tok = models.causal_lm(side)
     p = [texts[g.prompt_index] for g in gens]
     c = [g.completion for g in gens]
-    ref_model, ref_tok = ref
-    side = {
+    ref_model, ref_tok = models.causal_lm("reference")
+    ensemble = models.ensemble()
+    out = {
         "prompt_id": [prompts["prompt_id"][g.prompt_index].as_py() for g in gens], "prompt": p, "completion": c,
         "num_tokens": [g.num_tokens for g in gens],
-        "proxy_reward": aggregate(ensemble.score(p, c), aggregation, uw_lambda),
-        "gold_reward": np.asarray(gold(p, c), float) if gold else np.full(len(c), np.nan),
+        "proxy_reward": ensemble.reward(ensemble.score(p, c)),
+        "gold_reward": gold.score(p, c)[0] if gold is not None else np.full(len(c), np.nan),
         "logp_policy": hf.sequence_logprobs(model, tok, p, c),
         "logp_ref": hf.sequence_logprobs(ref_model, ref_tok, p, c),
     }
     reg = float(np.mean(hf.sequence_logprobs(model, tok, *regression))) if regression else None
-    return side, reg
+    models.release(side)  # the next side's policy takes its place
+    return out, reg
 
 
 def flat_metrics(report: dict) -> dict[str, float]:
-    """What the gate reads: `candidate.<m>`, `champion.<m>`, `<win rate>.<value|ci_low|ci_high|n>`, `reward_hacking`."""
-    flat = {f"{side}.{k}": v for side in SIDES for k, v in report[side].items() if v is not None}
+    """The report's numbers under the names the evaluate stage logs to MLflow and gate specs read:
+    `evaluate/<side>/<m>`, `evaluate/<win rate>/<value|ci_low|ci_high|n>`, `evaluate/reward_hacking`."""
+    flat = {f"evaluate/{side}/{k}": v for side in SIDES for k, v in report[side].items() if v is not None}
     for key, w in report.items():
         if key.endswith("win_rate"):
-            flat.update({f"{key}.{k}": v for k, v in w.items()})
+            flat.update({f"evaluate/{key}/{k}": v for k, v in w.items()})
     if "reward_hacking" in report:
-        flat["reward_hacking"] = report["reward_hacking"]
+        flat["evaluate/reward_hacking"] = report["reward_hacking"]
     return flat
 
 
-def run(cfg: EvalConfig, gen: GenerateConfig, prompts: pa.Table, *, candidate_path: str, champion_path: str,
-        ref_path: str, reward_models: list[str], gold: Callable | None, aggregation: Aggregation,
-        uw_lambda: float, seed: int) -> tuple[pa.Table, dict]:
-    from components.backends import hf
-
-    regression = regression_pairs(cfg, prompts, seed)
-    ref = hf.load_causal_lm(ref_path)
-    ensemble = hf.RewardEnsemble(reward_models)
-    scored = {name: _sample_and_score(path, prompts, gen, cfg.samples_per_prompt, seed, ref, ensemble, gold,
-                                      aggregation, uw_lambda, regression)
-              for name, path in zip(SIDES, (candidate_path, champion_path))}
+def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
+    """Inputs `pool`, `candidate`, `champion`, `reference`, `reward_model` -> outputs `eval_samples` (every scored
+    completion) and `eval_report` (per-model means, paired win rates with CIs, and `metrics`: the flat names the
+    gate reads)."""
+    models, gold = backends.models, backends.gold
+    prompts = heldout_prompts(inputs.table("pool"), cfg.n_prompts, seed.fixed("heldout"))
+    regression = regression_pairs(cfg, prompts, seed.fixed("regression"))
+    sampling = seed.value  # the same for both sides: paired samples per prompt
+    scored = {side: _sample_and_score(side, models, prompts, cfg.samples_per_prompt, sampling, gold, regression)
+              for side in SIDES}
     side = {name: s for name, (s, _) in scored.items()}
     cand, champ = side["candidate"], side["champion"]
     report = {name: {"proxy_reward": float(np.mean(s["proxy_reward"])),
-                     "gold_reward": float(np.mean(s["gold_reward"])) if gold else None,
+                     "gold_reward": float(np.mean(s["gold_reward"])) if gold is not None else None,
                      "kl": kl_estimate(s["logp_policy"], s["logp_ref"]),
                      "mean_tokens": float(np.mean(s["num_tokens"])),
                      "regression_logp": scored[name][1]} for name, s in side.items()}
     groups = np.asarray(cand["prompt_id"])
-    wr = dict(confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=seed)
+    wr = dict(confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=seed.sub("bootstrap"))
     n = len(cand["completion"])
     lengths = np.concatenate([cand["num_tokens"], champ["num_tokens"]])
-    signals = {"proxy": "proxy_reward", **({"heldout": "gold_reward"} if gold else {})}
+    signals = {"proxy": "proxy_reward", **({"heldout": "gold_reward"} if gold is not None else {})}
     for signal, column in signals.items():
         report[f"{signal}_win_rate"] = win_rate(cand[column], champ[column], groups, **wr)
         lc = length_residual(np.concatenate([cand[column], champ[column]]), lengths)
         report[f"lc_{signal}_win_rate"] = win_rate(lc[:n], lc[n:], groups, **wr)
-    if gold:
+    if gold is not None:
         report["reward_hacking"] = reward_hacking(report["proxy_win_rate"], report["heldout_win_rate"])
-    metrics = flat_metrics(report)
-    report["gate"] = decide(metrics, cfg.gate).to_dict()
+    report["metrics"] = flat_metrics(report)
     samples = pa.concat_tables([pa.table({"model": [name] * len(s["completion"]), **s}) for name, s in side.items()])
-    return samples, report
+    return StageResult(outputs={"eval_samples": Output("eval_samples", samples),
+                                "eval_report": Output("eval_report", doc=report)},
+                       metrics=report["metrics"])

@@ -2,12 +2,12 @@
 
     alignloop run --config configs/tiny.yaml --set generate.samples_per_prompt=8
 
-Pure over artifacts: (prompts table, policy directory) -> rollouts table + throughput stats. The engine is
+Pure over artifacts: (prompts table, policy) -> rollouts table + throughput stats. The engine is
 `generate.backend`: transformers `generate` (batched, seeded), or vLLM on a GPU machine, where the checkpoint is
 loaded afresh each call; vLLM falls back to transformers, with a warning, where it cannot run.
 
-Sharding (`fanout.generate_shards`): the prompts split into contiguous shards, each a self-contained `ShardJob`
-sampled with its own seed, derived from (seed, shard); `map_shards` decides where they run, one after another
+Sharding (`generate.shards`): the prompts split into contiguous shards, each a self-contained `ShardJob`
+sampled with its own seed, derived from (seed, shard); `backends.map_shards` decides where they run, one after another
 here by default, or as Ray tasks (tasks/fanout.py). The rollouts depend on the shard count, not on the map.
 """
 
@@ -17,13 +17,13 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from components.config import GenerateConfig
+from components.contract import Backends, Inputs, Output, Seeds, StageResult, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -34,60 +34,60 @@ def rollout_id(policy_sha: str, prompt_id: str, sample_index: int, seed: int) ->
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One prompt shard's sampling, self-contained and picklable so another process (a Ray worker) can run it; the
-    policy path must be visible there (same machine or shared filesystem)."""
+    """One prompt shard's sampling, self-contained and picklable so another process (a Ray worker) can run it: the
+    policy is opened through the store there (`inputs`), not through a path of this machine."""
 
     index: int  # shard number, for logs
     texts: list[str]
-    policy_path: str
+    inputs: Inputs
     cfg: GenerateConfig
     seed: int
 
 
 def shard_seed(seed: int, shard: int) -> int:
     # shard 0 keeps the stage seed, so one shard is exactly the unsharded generation
-    return seed if shard == 0 else int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])
+    return seed if shard == 0 else derive_seed(seed, shard)
 
 
 def sample_shard(job: ShardJob) -> tuple[list, dict]:
-    return sample(job.cfg, job.texts, job.policy_path, job.seed)
+    from components.backends.models import Models
+
+    generator = Models(job.inputs, generate=job.cfg).generator("policy")
+    return generator.sample(job.texts, job.cfg.samples_per_prompt, job.seed)
 
 
-# map_shards(sample_shard, jobs) -> each job's (generations, stats), in job order: the builtin `map` samples them
-# one after another here; tasks/fanout.py maps them onto Ray workers.
-MapShards = Callable[[Callable[[ShardJob], tuple[list, dict]], list[ShardJob]], Iterable[tuple[list, dict]]]
-
-
-def run(cfg: GenerateConfig, prompts: pa.Table, policy_path: str, *, policy_sha: str, seed: int, shards: int = 1,
-        map_shards: MapShards = map) -> tuple[pa.Table, dict[str, float]]:
-    """`shards`: contiguous prompt shards (at most one per prompt), sampled by `map_shards`."""
+def run(cfg: GenerateConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
+    """Inputs `prompts`, `policy` -> output `rollouts`. `generate.shards` (at most one per prompt) contiguous
+    shards are sampled by `backends.map_shards`."""
+    prompts, policy_sha, stage_seed = inputs.table("prompts"), inputs.ref("policy").sha256, seed.value
     texts = prompts["prompt"].to_pylist()
-    bounds = np.linspace(0, len(texts), min(shards, max(len(texts), 1)) + 1).astype(int).tolist()
-    jobs = [ShardJob(s, texts[a:b], policy_path, cfg, shard_seed(seed, s))
+    bounds = np.linspace(0, len(texts), min(cfg.shards, max(len(texts), 1)) + 1).astype(int).tolist()
+    jobs = [ShardJob(s, texts[a:b], inputs, cfg, shard_seed(stage_seed, s))
             for s, (a, b) in enumerate(itertools.pairwise(bounds))]
-    results = list(map_shards(sample_shard, jobs))
+    results = list(backends.map_shards(sample_shard, jobs))
     # a shard's prompt_index counts from its own first prompt
     gens = [dataclasses.replace(g, prompt_index=g.prompt_index + a) for a, (shard, _) in zip(bounds, results)
             for g in shard]
     stats = [s for _, s in results]
     ids = prompts["prompt_id"].to_pylist()
     table = pa.table({
-        "rollout_id": [rollout_id(policy_sha, ids[g.prompt_index], g.sample_index, seed) for g in gens],
+        "rollout_id": [rollout_id(policy_sha, ids[g.prompt_index], g.sample_index, stage_seed) for g in gens],
         "prompt_id": [ids[g.prompt_index] for g in gens],
         "prompt": [texts[g.prompt_index] for g in gens],
         "completion": [g.completion for g in gens],
         "num_tokens": [g.num_tokens for g in gens],
         "policy_version": [policy_sha] * len(gens),
-        "seed": [seed] * len(gens),
+        "seed": [stage_seed] * len(gens),
         "temperature": [cfg.temperature] * len(gens),
         "top_p": [cfg.top_p] * len(gens),
     })
     tokens = sum(g.num_tokens for g in gens)
     # sampling seconds summed over shards: per-worker throughput, not the wall time of a parallel fan-out
     seconds = sum(s["seconds"] for s in stats)
-    return table, {"completions": len(gens), "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-                   "seconds": seconds, "mean_tokens": tokens / max(len(gens), 1), "shards": len(jobs),
-                   "vllm_used": float(min(s.get("vllm_used", 0.0) for s in stats))}
+    return StageResult(outputs={"rollouts": Output("rollouts", table)}, metrics={
+        "generate/completions": len(gens), "generate/tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "generate/seconds": seconds, "generate/mean_tokens": tokens / max(len(gens), 1), "generate/shards": len(jobs),
+        "generate/vllm_used": float(min(s.get("vllm_used", 0.0) for s in stats))})
 
 
 def sample(cfg: GenerateConfig, texts: list[str], policy_path: str, seed: int, loaded: tuple | None = None

@@ -4,7 +4,7 @@ sure of it.
     alignloop run --config configs/tiny.yaml --set label.judge.backend=toy --set label.uncertain=human_queue
 
 Labelers (label.labeler):
-- `ensemble`: K reward models score every completion; the aggregate (label.aggregation) builds pairs
+- `ensemble`: K reward models score every completion; the aggregate (ensemble.aggregation) builds pairs
   (label.pairing: best_vs_worst | all_pairs | rejection_sampling, components.preferences). Pairs the ensemble is
   sure of (margin > min_margin_over_std · std_k(margin_k) and agreement ≥ min_agreement) are labelled by it
   (label_source = rm_ensemble); the others are routed (components.routing): to the judge within its
@@ -14,14 +14,13 @@ Labelers (label.labeler):
   by the gold oracle (label_source = gold): the human seed data the reward models start from.
 - `gold`: the oracle labels best-vs-worst pairs for every prompt (the upper bound).
 Human labels imported with `alignloop labels import` are appended as they are (label_source = human).
-Where a gold oracle exists, `oriented_correctly` (and `oriented_correctly/<source>`) report the share of kept
+Where a gold oracle exists, `label/oriented_correctly` (and `label/oriented_correctly/<source>`) report the share of kept
 pairs that gold agrees with: diagnostics only, never used to choose labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -29,21 +28,14 @@ import pyarrow as pa
 from components import preferences as prefs
 from components import routing
 from components.config import LabelConfig
+from components.contract import Backends, Ensemble, Inputs, Output, Seeds, StageResult
 from components.human_queue import queue_records
-from components.judge import JudgeRunner
-from components.uncertainty import aggregate, pair_statistics
+from components.uncertainty import pair_statistics
 
-Oracle = Callable[[list[str], list[str]], list[float]]
 SOURCES = ("rm_ensemble", "judge", "human", "gold")
-
-
-@dataclass
-class Labelled:
-    preferences: pa.Table
-    scores: pa.Table
-    metrics: dict[str, float]
-    transcript: list[dict] = field(default_factory=list)  # one dict per judge question (components.judge)
-    human_queue: list[dict] = field(default_factory=list)  # records for the review queue (components.human_queue)
+# the label mix that travels with the preferences ref (into the ledger, `alignloop status` and the report)
+MIX = ("label/pairs_built", "label/pairs_kept", "label/kept/rm_ensemble", "label/kept/judge", "label/kept/gold",
+       "label/kept/human", "label/judge_calls", "label/oriented_correctly")
 
 
 def _pairs_table(prompts, completions, chosen, rejected, margin, margin_std, agreement, source, iteration):
@@ -67,9 +59,10 @@ def build_pairs(cfg: LabelConfig, groups: list[str], reward: np.ndarray, rng: np
     return prefs.best_vs_worst(groups, reward)
 
 
-def _label_by_ensemble(cfg, prompts, completions, groups, members, judge, iteration, rng):
-    """(preferences, metrics, queue records) from ensemble scores [K, N], routing uncertain pairs."""
-    reward = aggregate(members, cfg.aggregation, cfg.uw_lambda)
+def label_by_ensemble(cfg: LabelConfig, prompts, completions, groups, members: np.ndarray, reward: np.ndarray,
+                      judge, iteration: int, rng: np.random.Generator):
+    """(preferences, metrics, queue records, (chosen, rejected)) from member scores [K, N] and their aggregate
+    `reward` [N], routing uncertain pairs to `judge` (None: no judge)."""
     chosen, rejected = build_pairs(cfg, groups, reward, rng)
     stats = pair_statistics(members, chosen, rejected)
     margin, std, agree = reward[chosen] - reward[rejected], stats["margin_std"], stats["agreement"]
@@ -91,69 +84,91 @@ def _label_by_ensemble(cfg, prompts, completions, groups, members, judge, iterat
     queue = queue_records([prompts[i] for i in chosen[q]], [completions[i] for i in chosen[q]],
                           [completions[i] for i in rejected[q]], margin[q], std[q], agree[q], routed.reason[q],
                           iteration)
-    metrics = {"pairs_built": len(chosen), "ensemble_std_mean": float(members.std(axis=0).mean()),
-               "agreement_mean": float(agree.mean()) if len(chosen) else float("nan"),
-               "proxy_reward_mean": float(reward.mean()),
+    metrics = {"label/pairs_built": len(chosen), "label/ensemble_std_mean": float(members.std(axis=0).mean()),
+               "label/agreement_mean": float(agree.mean()) if len(chosen) else float("nan"),
+               "label/proxy_reward_mean": float(reward.mean()),
                **routing.routing_metrics(unsure, offered, outcomes, routed)}
     return table, metrics, queue, (c[keep], r[keep])
 
 
-def run(cfg: LabelConfig, rollouts: pa.Table, *, reward_models: list[str] | None, gold: Oracle | None,
-        iteration: int, seed: int, judge: JudgeRunner | None = None, human: pa.Table | None = None) -> Labelled:
-    """Label one iteration's rollouts; `human` = imported human-labelled preferences to append."""
-    prompts = rollouts["prompt"].to_pylist()
-    completions = rollouts["completion"].to_pylist()
-    groups = rollouts["prompt_id"].to_pylist()
-    ids = rollouts["rollout_id"].to_pylist()
-    gold_r = np.asarray(gold(prompts, completions), float) if gold else None
-    rng = np.random.default_rng([seed, iteration])
+def _label_by_gold(cfg: LabelConfig, prompts, completions, groups, gold_r: np.ndarray, iteration: int,
+                   rng: np.random.Generator):
+    """Gold labels: best-vs-worst for every prompt (labeler gold), or `seed_gold_pairs` random within-prompt
+    pairs (the seed data before any reward model exists)."""
+    if cfg.labeler == "gold":
+        chosen, rejected = prefs.best_vs_worst(groups, gold_r)
+    else:
+        a, b = prefs.random_pairs(groups, cfg.seed_gold_pairs, rng)
+        chosen, rejected, distinct = prefs.orient(gold_r, a, b)
+        chosen, rejected = chosen[distinct], rejected[distinct]
+    n = len(chosen)
+    table = _pairs_table(prompts, completions, chosen, rejected, gold_r[chosen] - gold_r[rejected],
+                         np.zeros(n), np.ones(n), "gold", iteration)
+    return table, {"label/pairs_built": n}, (chosen, rejected)
+
+
+def _gold_diagnostics(gold_r: np.ndarray, chosen, rejected, sources: np.ndarray) -> dict[str, float]:
+    """Share of kept pairs gold agrees with, overall and per label source: diagnostics, never used to label."""
+    correct = gold_r[chosen] > gold_r[rejected]
+    out = {"label/gold_reward_mean": float(gold_r.mean()),
+           "label/oriented_correctly": float(correct.mean()) if len(chosen) else float("nan"),
+           "label/correct_pairs": int(correct.sum())}
+    for s in SOURCES:
+        if (sources == s).any():
+            out[f"label/oriented_correctly/{s}"] = float(correct[sources == s].mean())
+    return out
+
+
+def run(cfg: LabelConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
+    """Inputs `rollouts`, optional `reward_model` (the ensemble in use) and `human` (imported human-labelled
+    preferences, appended as they are) -> outputs `preferences`, `scores`, and `judge_transcript` when the judge
+    was asked; records `human_queue` for the review queue."""
+    rollouts, iteration, judge = inputs.table("rollouts"), inputs.iteration, backends.judge
+    prompts, completions = rollouts["prompt"].to_pylist(), rollouts["completion"].to_pylist()
+    groups, ids = rollouts["prompt_id"].to_pylist(), rollouts["rollout_id"].to_pylist()
+    gold_r = backends.gold.score(prompts, completions)[0] if backends.gold is not None else None
+    rng = np.random.default_rng(seed.value)
     score_rows: list[tuple[str, str, float]] = []
     if gold_r is not None:
         score_rows += [(rid, "gold", float(s)) for rid, s in zip(ids, gold_r)]
     queue: list[dict] = []
-
-    if cfg.labeler == "gold" or not reward_models:
+    ensemble: Ensemble | None = backends.models.ensemble() if backends.models is not None else None
+    if cfg.labeler == "gold" or ensemble is None:
         if gold_r is None:
             raise ValueError("no reward model exists yet and no gold oracle is configured to seed one")
-        if cfg.labeler == "gold":
-            chosen, rejected = prefs.best_vs_worst(groups, gold_r)
-        else:
-            a, b = prefs.random_pairs(groups, cfg.seed_gold_pairs, rng)
-            chosen, rejected, distinct = prefs.orient(gold_r, a, b)
-            chosen, rejected = chosen[distinct], rejected[distinct]
-        n = len(chosen)
-        table = _pairs_table(prompts, completions, chosen, rejected, gold_r[chosen] - gold_r[rejected],
-                             np.zeros(n), np.ones(n), "gold", iteration)
-        metrics: dict[str, float] = {"pairs_built": n}
+        table, metrics, (chosen, rejected) = _label_by_gold(cfg, prompts, completions, groups, gold_r, iteration,
+                                                            rng)
     else:
-        from components.backends.hf import RewardEnsemble
-
-        members = RewardEnsemble(reward_models).score(prompts, completions)  # [K, N]
+        members = ensemble.score(prompts, completions)  # [K, N]
+        reward = ensemble.reward(members)
         for k, row in enumerate(members):
             score_rows += [(rid, f"rm-{k}", float(s)) for rid, s in zip(ids, row)]
-        reward = aggregate(members, cfg.aggregation, cfg.uw_lambda)
-        score_rows += [(rid, f"ensemble:{cfg.aggregation}", float(s)) for rid, s in zip(ids, reward)]
-        table, metrics, queue, (chosen, rejected) = _label_by_ensemble(cfg, prompts, completions, groups, members,
-                                                                       judge, iteration, rng)
+        score_rows += [(rid, f"ensemble:{ensemble.aggregation}", float(s)) for rid, s in zip(ids, reward)]
+        table, metrics, queue, (chosen, rejected) = label_by_ensemble(cfg, prompts, completions, groups, members,
+                                                                      reward, judge, iteration, rng)
     if judge is not None:
         metrics.update(judge.stats())
-    sources = np.asarray(table["label_source"].to_pylist(), dtype=object)
     if gold_r is not None:
-        metrics["gold_reward_mean"] = float(gold_r.mean())
-        correct = gold_r[chosen] > gold_r[rejected]
-        metrics["oriented_correctly"] = float(correct.mean()) if len(chosen) else float("nan")
-        metrics["correct_pairs"] = int(correct.sum())
-        for s in SOURCES:
-            if (sources == s).any():
-                metrics[f"oriented_correctly/{s}"] = float(correct[sources == s].mean())
-    if human is not None and human.num_rows:
+        metrics.update(_gold_diagnostics(gold_r, chosen, rejected,
+                                         np.asarray(table["label_source"].to_pylist(), dtype=object)))
+    if inputs.has("human"):
+        human = inputs.table("human")
         human = human.set_column(human.schema.get_field_index("iteration"), "iteration",
                                  pa.array([iteration] * human.num_rows, pa.int64()))
         table = pa.concat_tables([table, human.select(table.column_names).cast(table.schema)])
+    kept = table["label_source"].to_pylist()
     for s in SOURCES:
-        metrics[f"kept/{s}"] = int(sum(x == s for x in table["label_source"].to_pylist()))
-    metrics["pairs_kept"] = table.num_rows
-    metrics["kept_frac"] = metrics["pairs_kept"] / max(metrics["pairs_built"], 1)
+        metrics[f"label/kept/{s}"] = int(sum(x == s for x in kept))
+    metrics["label/pairs_kept"] = table.num_rows
+    metrics["label/kept_frac"] = table.num_rows / max(metrics["label/pairs_built"], 1)
     scores = pa.table({"rollout_id": [r[0] for r in score_rows], "scorer": [r[1] for r in score_rows],
                        "score": [r[2] for r in score_rows]})
-    return Labelled(table, scores, metrics, judge.transcript if judge is not None else [], queue)
+    mix = {k: metrics[k] for k in MIX if k in metrics and metrics[k] == metrics[k]}
+    outputs = {"preferences": Output("preferences", table, meta={"iteration": iteration, "label": mix}),
+               "scores": Output("scores", scores)}
+    if judge is not None and judge.transcript:
+        d = inputs.out_dir("judge_transcript")
+        d.mkdir(parents=True)
+        (d / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in judge.transcript))
+        outputs["judge_transcript"] = Output("judge_transcript", dir=d)
+    return StageResult(outputs=outputs, metrics=metrics, records={"human_queue": queue} if queue else {})

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.config import SampleConfig
+from components.contract import Backends, Inputs, Output, Seeds, StageResult
 
 
 def stratified_order(sources: list[str], rng: np.random.Generator) -> np.ndarray:
@@ -28,14 +29,27 @@ def stratified_order(sources: list[str], rng: np.random.Generator) -> np.ndarray
     return np.asarray(order, dtype=np.int64)
 
 
-def run(cfg: SampleConfig, pool: pa.Table, *, iteration: int, seed: int) -> pa.Table:
+def run(cfg: SampleConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
+    """Input `pool` (prompt table) -> output `prompts`, this iteration's share of the train split."""
+    pool = inputs.table("pool")
     train = pool.filter(pc.equal(pool["split"], "train"))
     if train.num_rows == 0:
         raise ValueError("prompt pool has no rows with split == 'train'")
-    order = stratified_order(train["source"].to_pylist(), np.random.default_rng(seed))
+    order = stratified_order(train["source"].to_pylist(), np.random.default_rng(seed.fixed("sample_prompts")))
     if cfg.dedup_history:
-        start = iteration * cfg.n_prompts
+        start = inputs.iteration * cfg.n_prompts
         take = np.take(order, np.arange(start, start + cfg.n_prompts), mode="wrap")
     else:
-        take = np.random.default_rng([seed, iteration]).choice(order, size=cfg.n_prompts, replace=True)
-    return train.take(pa.array(take))
+        take = np.random.default_rng(seed.value).choice(order, size=cfg.n_prompts, replace=True)
+    table = train.take(pa.array(take))
+    return StageResult(outputs={"prompts": Output("prompts", table, meta={"iteration": inputs.iteration})},
+                       metrics={"sample_prompts/prompts": table.num_rows,
+                                "sample_prompts/strata": len(set(table["source"].to_pylist()))})
+
+
+def heldout_prompts(pool: pa.Table, n: int, seed: int) -> pa.Table:
+    """The fixed held-out set: first n of the eval split in a seeded stratified order."""
+    ev = pool.filter(pc.equal(pool["split"], "eval"))
+    if ev.num_rows == 0:
+        raise ValueError("prompt pool has no rows with split == 'eval' (needed for the held-out evaluation)")
+    return ev.take(pa.array(stratified_order(ev["source"].to_pylist(), np.random.default_rng(seed))[:n]))

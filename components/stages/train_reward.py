@@ -1,6 +1,6 @@
 """Stage 4, train_reward: retrain the K-member Bradley-Terry reward-model ensemble, warm-started, on a replay buffer.
 
-    alignloop run --config configs/tiny.yaml --set train_reward.members=5
+    alignloop run --config configs/tiny.yaml --set ensemble.members=5
 
 Pure over artifacts: (accumulated preferences, backbone path, previous ensemble) -> an ensemble directory
 `member-0..K-1` (each a `save_pretrained` reward model) + metrics + an accept/keep-previous decision.
@@ -9,7 +9,7 @@ Pure over artifacts: (accumulated preferences, backbone path, previous ensemble)
   disagreement is the uncertainty `label` filters on.
 - `shared_backbone`: one model, a shared trunk with K heads (`shared/`, components/backends/reward_heads.py),
   replaces the K separate members: one training, and scoring costs about one member.
-- Members train independently (`MemberJob`): `map_members` decides where, one after another in this process by
+- Members train independently (`MemberJob`): `backends.map_members` decides where, one after another in this process by
   default, or in parallel on Ray workers (tasks/fanout.py, `fanout.task_runner: ray`).
 - A fixed share of pairs (by a hash of pair_id, stable as data accumulates) is held out from every training.
 - Without a previous ensemble, members train from `init` on every non-held-out pair for `epochs`.
@@ -28,7 +28,6 @@ Pure over artifacts: (accumulated preferences, backbone path, previous ensemble)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.config import RewardConfig
+from components.contract import Backends, Inputs, Output, Seeds, StageResult
 
 TRUSTED_SOURCES = ("gold", "human")  # labels not produced by our own reward models
 
@@ -74,12 +74,10 @@ def expected_calibration_error(margin: np.ndarray, bins: int) -> float:
                      for b in range(bins) if (which == b).any()))
 
 
-def _margins(paths: list[str], rows: list[dict]) -> np.ndarray:
+def _margins(ensemble, rows: list[dict]) -> np.ndarray:
     """r_k(chosen) − r_k(rejected) per member, [K, n]."""
-    from components.backends.hf import RewardEnsemble
-
     prompts = [r["prompt"] for r in rows]
-    s = RewardEnsemble(paths).score(prompts * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+    s = ensemble.score(prompts * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
     return s[:, :len(rows)] - s[:, len(rows):]
 
 
@@ -93,93 +91,121 @@ def _decide(cfg: RewardConfig, prev_ok: np.ndarray, new_ok: np.ndarray) -> tuple
 
 @dataclass(frozen=True)
 class MemberJob:
-    """One member's training, self-contained and picklable so another process (a Ray worker) can run it; the
-    paths must be visible there (same machine or shared filesystem)."""
+    """One member's training, self-contained and picklable so another process (a Ray worker) can run it: its
+    starting checkpoint is opened through the store there (`inputs`); `out_dir` must be visible to both sides
+    (same machine or a shared filesystem)."""
 
     k: int
-    start: str  # checkpoint it starts from: the backbone, or previous member k mod K' (warm start)
+    inputs: Inputs
+    start: str  # input it starts from: "init" (the backbone), or "previous" (warm start from `start_member`)
+    start_member: str  # previous member directory (member-j, or shared) under the previous ensemble, or ""
     pairs: list[dict]  # its training pairs (a bootstrap resample with cfg.bootstrap)
     out_dir: str  # where it saves `member-k`
     cfg: RewardConfig  # with epochs = warm_epochs under warm start
     seed: int
 
+    @property
+    def start_path(self) -> str:
+        root = self.inputs.path(self.start)
+        return str(Path(root) / self.start_member) if self.start_member else root
+
 
 def train_member(job: MemberJob) -> dict[str, float]:
     from components.backends.trainers import train_reward_member
 
-    return train_reward_member(job.start, job.pairs, [], Path(job.out_dir), job.cfg, seed=job.seed)
+    return train_reward_member(job.start_path, job.pairs, [], Path(job.out_dir), job.cfg, seed=job.seed)
 
 
-# map_members(train_member, jobs) -> each job's metrics, in job order: the builtin `map` trains them one after
-# another here; tasks/fanout.py maps them onto Ray workers.
-MapMembers = Callable[[Callable[[MemberJob], dict], list[MemberJob]], Iterable[dict]]
-
-
-def run(cfg: RewardConfig, preferences: pa.Table, *, init_path: str, out_dir: Path, seed: int,
-        previous: list[str] | None = None, map_members: MapMembers = map) -> dict[str, float]:
-    """Metrics, with `accepted` = 1.0 if the caller should use the new ensemble, 0.0 to keep the previous one.
-    `previous`: member paths of the ensemble in use (None in the first iteration)."""
-    rows = preferences.select(["pair_id", "prompt", "chosen", "rejected", "label_source", "iteration"]).to_pylist()
-    held = np.array([is_heldout(r["pair_id"], cfg.heldout_frac) for r in rows], dtype=bool)
+def _split(cfg: RewardConfig, rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(held-out, trusted held-out, training) pairs; held out by a stable hash of pair_id."""
+    held = [is_heldout(r["pair_id"], cfg.heldout_frac) for r in rows]
     heldout = [r for r, h in zip(rows, held) if h]
     trusted = [r for r in heldout if r["label_source"] in TRUSTED_SOURCES] or heldout
-    train_all = [r for r, h in zip(rows, held) if not h]
+    return heldout, trusted, [r for r, h in zip(rows, held) if not h]
+
+
+def _training_set(cfg: RewardConfig, train_all: list[dict], warm: bool, newest: int, seed: Seeds
+                  ) -> tuple[list[dict], RewardConfig]:
+    """All non-held-out pairs from scratch; warm-started, the replay buffer, for `warm_epochs`."""
+    if not warm:
+        return train_all, cfg
+    idx = replay_sample(np.array([r["iteration"] for r in train_all]),
+                        np.array([r["label_source"] in TRUSTED_SOURCES for r in train_all]), cfg,
+                        np.random.default_rng(seed.sub("replay")))
+    return [train_all[i] for i in idx], cfg.model_copy(update={"epochs": cfg.warm_epochs})
+
+
+def run(cfg: RewardConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
+    """Inputs `preferences` (every iteration's), `init` (the backbone), optional `previous` (the ensemble in use)
+    -> output `reward_model` (`member-0..K-1` or `shared/`), with `train_reward/accepted` = 1.0 if the caller
+    should use it, 0.0 to keep the previous one."""
+    rows = inputs.table("preferences").select(
+        ["pair_id", "prompt", "chosen", "rejected", "label_source", "iteration"]).to_pylist()
+    heldout, trusted, train_all = _split(cfg, rows)
     if not train_all:
         raise ValueError("train_reward: no training pairs (all preferences were held out or none exist)")
-    warm = bool(previous) and cfg.warm_start
-    newest = max(r["iteration"] for r in rows)
-    metrics: dict[str, float] = {"heldout_pairs": len(heldout), "heldout_trusted_pairs": len(trusted),
-                                 "warm_start": float(warm)}
-    if previous:  # the ensemble in use, before it sees this iteration's pairs
-        fresh = [r for r in train_all if r["iteration"] == newest]
-        if fresh:
-            m = _margins(previous, fresh)
-            metrics.update({f"previous_{k}/newest_accuracy": float((m[k] > 0).mean()) for k in range(len(m))})
-            metrics["previous/newest_accuracy_ensemble"] = float((m.mean(0) > 0).mean())
-    if warm:
-        rng = np.random.default_rng([seed, newest, 17])
-        idx = replay_sample(np.array([r["iteration"] for r in train_all]),
-                            np.array([r["label_source"] in TRUSTED_SOURCES for r in train_all]), cfg, rng)
-        train = [train_all[i] for i in idx]
-        member_cfg = cfg.model_copy(update={"epochs": cfg.warm_epochs})
-    else:
-        train, member_cfg = train_all, cfg
-    metrics.update(train_pairs=len(train), train_pairs_newest=sum(r["iteration"] == newest for r in train),
-                   train_pairs_seed=sum(r["label_source"] in TRUSTED_SOURCES for r in train))
+    models, members = backends.models, backends.models.ensemble_cfg.members
+    previous = models.ensemble("previous")
+    warm, newest = previous is not None and cfg.warm_start, max(r["iteration"] for r in rows)
+    metrics: dict[str, float] = {"train_reward/heldout_pairs": len(heldout),
+                                 "train_reward/heldout_trusted_pairs": len(trusted),
+                                 "train_reward/warm_start": float(warm)}
+    fresh = [r for r in train_all if r["iteration"] == newest]
+    if previous is not None and fresh:  # the ensemble in use, before it sees this iteration's pairs
+        m = _margins(previous, fresh)
+        metrics.update({f"train_reward/previous_{k}/newest_accuracy": float((m[k] > 0).mean())
+                        for k in range(len(m))})
+        metrics["train_reward/previous/newest_accuracy_ensemble"] = float((m.mean(0) > 0).mean())
+    train, member_cfg = _training_set(cfg, train_all, warm, newest, seed)
+    metrics.update({"train_reward/train_pairs": len(train),
+                    "train_reward/train_pairs_newest": sum(r["iteration"] == newest for r in train),
+                    "train_reward/train_pairs_seed": sum(r["label_source"] in TRUSTED_SOURCES for r in train)})
+    out_dir = inputs.out_dir("reward_model")
     if cfg.shared_backbone:  # one trunk with K heads, trained once (components/backends/reward_heads.py)
         from components.backends.reward_heads import SHARED_DIR, train_reward_heads
 
-        m = train_reward_heads(previous[0] if warm else init_path, train, out_dir / SHARED_DIR, member_cfg, seed=seed)
-        metrics.update({f"shared/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
-        return _judge(cfg, [str(out_dir / SHARED_DIR)], heldout, trusted, previous, metrics)
-    jobs = []
-    for k in range(cfg.members):
-        rng = np.random.default_rng([seed, k])
-        subset = [train[i] for i in rng.integers(0, len(train), len(train))] if cfg.bootstrap else train
-        start = previous[k % len(previous)] if warm else init_path
-        jobs.append(MemberJob(k, start, subset, str(out_dir / f"member-{k}"), member_cfg, seed * 1000 + k))
-    for job, m in zip(jobs, map_members(train_member, jobs), strict=True):
-        metrics.update({f"member_{job.k}/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
-    return _judge(cfg, [job.out_dir for job in jobs], heldout, trusted, previous, metrics)
+        start = str(Path(models.members("previous")[0])) if warm else inputs.path("init")
+        m = train_reward_heads(start, train, out_dir / SHARED_DIR, member_cfg, heads=members, seed=seed.value)
+        metrics.update({f"train_reward/shared/{n}": m[n] for n in ("train_loss", "seconds", "steps",
+                                                                    "dropped_too_long")})
+    else:
+        prev_members = [Path(p).name for p in models.members("previous")]
+        jobs = []
+        for k in range(members):
+            rng = np.random.default_rng(seed.sub("bootstrap", k))
+            subset = [train[i] for i in rng.integers(0, len(train), len(train))] if cfg.bootstrap else train
+            start, member = ("previous", prev_members[k % len(prev_members)]) if warm else ("init", "")
+            jobs.append(MemberJob(k, inputs, start, member, subset, str(out_dir / f"member-{k}"), member_cfg,
+                                  seed.sub("member", k)))
+        for job, m in zip(jobs, backends.map_members(train_member, jobs), strict=True):
+            metrics.update({f"train_reward/member_{job.k}/{n}": m[n]
+                            for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
+    new = models.ensemble_at(str(out_dir)) if heldout else None
+    metrics.update(_heldout_decision(cfg, new, previous, heldout, trusted, members))
+    return StageResult(outputs={"reward_model": Output("reward_model", dir=out_dir,
+                                                       meta={"members": members, "iteration": inputs.iteration})},
+                       metrics=metrics)
 
 
-def _judge(cfg: RewardConfig, paths: list[str], heldout: list[dict], trusted: list[dict], previous: list[str] | None,
-           metrics: dict[str, float]) -> dict[str, float]:
-    """`metrics` + the new ensemble's per-member and ensemble held-out accuracy/ECE + the accept decision."""
+def _heldout_decision(cfg: RewardConfig, new, previous, heldout: list[dict], trusted: list[dict], members: int
+                      ) -> dict[str, float]:
+    """The new ensemble's per-member and ensemble held-out accuracy/ECE, and the accept decision."""
+    out: dict[str, float] = {}
     accepted = True
     if heldout:
-        margin = _margins(paths, heldout)
-        for k in range(cfg.members):
-            metrics[f"member_{k}/heldout_accuracy"] = float((margin[k] > 0).mean())
-            metrics[f"member_{k}/heldout_ece"] = expected_calibration_error(margin[k], cfg.ece_bins)
-        metrics["heldout_accuracy_mean_member"] = float((margin > 0).mean())
-        metrics["heldout_accuracy_ensemble"] = float((margin.mean(0) > 0).mean())
-        metrics["heldout_ece_ensemble"] = expected_calibration_error(margin.mean(0), cfg.ece_bins)
-        if previous:
-            new_ok = _margins(paths, trusted).mean(0) > 0
+        margin = _margins(new, heldout)
+        for k in range(members):
+            out[f"train_reward/member_{k}/heldout_accuracy"] = float((margin[k] > 0).mean())
+            out[f"train_reward/member_{k}/heldout_ece"] = expected_calibration_error(margin[k], cfg.ece_bins)
+        out["train_reward/heldout_accuracy_mean_member"] = float((margin > 0).mean())
+        out["train_reward/heldout_accuracy_ensemble"] = float((margin.mean(0) > 0).mean())
+        out["train_reward/heldout_ece_ensemble"] = expected_calibration_error(margin.mean(0), cfg.ece_bins)
+        if previous is not None:
+            new_ok = _margins(new, trusted).mean(0) > 0
             prev_ok = _margins(previous, trusted).mean(0) > 0
             accepted, regression = _decide(cfg, prev_ok, new_ok)
-            metrics.update(trusted_accuracy_previous=float(prev_ok.mean()), trusted_accuracy_new=float(new_ok.mean()),
-                           trusted_accuracy_regression=regression)
-    metrics["accepted"] = float(accepted)
-    return metrics
+            out.update({"train_reward/trusted_accuracy_previous": float(prev_ok.mean()),
+                        "train_reward/trusted_accuracy_new": float(new_ok.mean()),
+                        "train_reward/trusted_accuracy_regression": regression})
+    out["train_reward/accepted"] = float(accepted)
+    return out

@@ -70,3 +70,19 @@ def gold_reward(prompts: list[str], completions: list[str]) -> list[float]:
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     return [sum(gold_terms(p, c).values()) for p, c in zip(prompts, completions)]
+
+
+class GoldOracle:
+    """The gold reward as a `components.contract.Scorer` (one row), and callable like `gold_reward` for the judge
+    backend that plays an LLM judge with it."""
+
+    size = 1
+    name = "gold"
+
+    def score(self, prompts: list[str], completions: list[str]):
+        import numpy as np
+
+        return np.asarray([gold_reward(prompts, completions)], dtype=np.float64)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return gold_reward(prompts, completions)

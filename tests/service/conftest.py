@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    from flows import stack
+    from infra import stack
 
     d = tmp_path_factory.mktemp("prefect-stack")
     url = stack.prefect_server(d, stack.free_port(), dict(os.environ))

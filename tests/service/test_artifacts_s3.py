@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
-    from flows import stack
+    from infra import stack
 
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
     url = stack.s3_endpoint(tmp_path / "stack", stack.free_port(), env)

@@ -7,7 +7,7 @@ that the stages finished by earlier attempts are never recomputed. Three kinds o
     independent reader of the MLflow database sees the stage's run RUNNING: nothing is published yet, and
     whatever a trainer had written lies in the store's staging area until the next run takes the workspace lock.
   - at the end of the body (sample_prompts, gate, version; ALIGNLOOP_FAULT_POINT=stage:<name>:end, see
-    components.lineage.fault_point): outputs published, the candidate registered and aliased, the DVC tag pushed,
+    components.faults.fault_point): outputs published, the candidate registered and aliased, the DVC tag pushed,
     but the MLflow run not FINISHED and no Prefect result cached, so the stage recomputes and must find the same
     content, the same model version and the same DVC commit instead of making new ones.
   - inside publication (label; ALIGNLOOP_FAULT_POINT=publish:preferences, components.artifacts): the table is

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory):
-    from flows import stack
+    from infra import stack
 
     try:
         stack.pg_bindir()  # installs Debian's postgresql with apt-get when missing and root

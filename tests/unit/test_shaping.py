@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.shaping import adaptive_kl_coef, shape
+from components.shaping import adaptive_beta, shape
 
 
 def test_par_is_bounded_centered_and_saturates():
@@ -31,8 +31,8 @@ def test_shape_rejects_bad_reference_shape():
 
 
 def test_adaptive_kl_moves_beta_toward_target():
-    assert adaptive_kl_coef(0.1, kl=4.0, target=2.0, n_steps=10, horizon=100) == pytest.approx(0.1 * 1.02)
-    assert adaptive_kl_coef(0.1, kl=1.0, target=2.0, n_steps=10, horizon=100) == pytest.approx(0.1 * 0.98)
-    assert adaptive_kl_coef(0.1, kl=2.0, target=2.0, n_steps=10, horizon=100) == pytest.approx(0.1)
+    assert adaptive_beta(0.1, kl=4.0, target=2.0, n_steps=10, horizon=100) == pytest.approx(0.1 * 1.02)
+    assert adaptive_beta(0.1, kl=1.0, target=2.0, n_steps=10, horizon=100) == pytest.approx(0.1 * 0.98)
+    assert adaptive_beta(0.1, kl=2.0, target=2.0, n_steps=10, horizon=100) == pytest.approx(0.1)
     with pytest.raises(ValueError):
-        adaptive_kl_coef(0.1, 1.0, 0.0, 1, 1)
+        adaptive_beta(0.1, 1.0, 0.0, 1, 1)

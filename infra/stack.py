@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from components.env import TELEMETRY_OFF
+
 BUCKET = "alignloop"
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ALIGNLOOP_PG_PASSWORD")
 
@@ -211,8 +213,7 @@ def up(stack: Path, env_file: Path = Path(".env")) -> dict[str, str]:
     stack.mkdir(parents=True, exist_ok=True)
     if running(stack):
         raise RuntimeError(f"{stack}: stack already running ({', '.join(running(stack))}); `alignloop stack down`")
-    env = {**os.environ, **secrets(env_file), "AWS_DEFAULT_REGION": "us-east-1", "DO_NOT_TRACK": "true",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, **secrets(env_file), "AWS_DEFAULT_REGION": "us-east-1", **TELEMETRY_OFF}
     try:
         s3 = s3_endpoint(stack, free_port(), env)
         settings = {"PREFECT_API_URL": prefect_server(stack, free_port(), env),

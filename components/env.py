@@ -1,0 +1,49 @@
+"""The process environment defaults, in one place: telemetry off, quiet libraries, and (embedded default only)
+offline with one CPU thread.
+
+    from components.env import apply_defaults
+    apply_defaults(offline=True)       # before prefect/mlflow/transformers are imported
+
+Every value is a default (`os.environ.setdefault`): what the user exported wins. Who applies what:
+  * TELEMETRY_OFF: fine everywhere (CLI, tests, benchmarks, the service stack's processes, any MLflow client).
+  * TOY_DEFAULTS (HF_HUB_OFFLINE=1, OMP_NUM_THREADS=1): only the embedded default (toy) and the tests force these;
+    a real model needs the hub and its threads. (Today the CLI applies them to every run; where they apply is
+    the caller's decision, this module only defines them.)
+  * RUNTIME: tokenizers/Prefect settings every local process wants.
+  * QUIET: library progress bars and chatter off (the CLI's rich display replaces them).
+The Makefile exports the same TELEMETRY_OFF, TOY_DEFAULTS and part of RUNTIME for `make` targets (it cannot
+import this module); infra/prefect.yaml lists the ones a worker-launched run needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+TELEMETRY_OFF = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+TOY_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    # torch's default of one thread per core was ~10x slower for tiny models on 2-core VMs
+    "OMP_NUM_THREADS": "1",
+}
+RUNTIME = {"TOKENIZERS_PARALLELISM": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+QUIET = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_LOGGING_LEVEL": "WARNING",
+         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def defaults(offline: bool, quiet: bool = False) -> dict[str, str]:
+    """TELEMETRY_OFF + RUNTIME, + TOY_DEFAULTS when `offline`, + QUIET when `quiet`."""
+    return {**TELEMETRY_OFF, **(TOY_DEFAULTS if offline else {}), **RUNTIME, **(QUIET if quiet else {})}
+
+
+def setdefaults(values: Mapping[str, str]) -> None:
+    """Each of `values` into os.environ unless already set."""
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+
+
+def apply_defaults(offline: bool, quiet: bool = False, **overrides: str) -> None:
+    """`defaults(offline, quiet)` with `overrides` replacing some of its values, as environment defaults."""
+    setdefaults({**defaults(offline, quiet), **overrides})

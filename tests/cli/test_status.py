@@ -1,0 +1,68 @@
+"""`alignloop status` on a populated workspace: the registry's aliases, the iteration table and the last gate
+decisions. The workspace is written by hand (ledger JSON files in the format flows/iteration.py writes, and a
+registry with both models' aliases), so no iteration has to run."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+EXE = shutil.which("alignloop", path=str(Path(sys.executable).parent))
+
+
+def _side(gold, proxy, kl, tokens):
+    return {"gold_reward": gold, "proxy_reward": proxy, "kl": kl, "mean_tokens": tokens}
+
+
+def _finished(i: int, promote: bool, reasons: list[str], champion: dict, candidate: dict, label: dict) -> dict:
+    wr = {"value": 0.61, "ci_low": 0.52, "ci_high": 0.7}
+    return {"iteration": i, "status": "finished", "config_hash": "c0ffee",
+            "report": {"champion": champion, "candidate": candidate, "proxy_win_rate": wr,
+                       "heldout_win_rate": {"value": 0.55, "ci_low": 0.41, "ci_high": 0.69} if promote else None},
+            "decision": {"promote": promote, "reasons": reasons},
+            "outputs": {"preferences": {"meta": {"label": label}}},
+            "timings": {"generate": 10.4, "label": 2.2, "train_policy": 30.1}}
+
+
+def _workspace(root: Path) -> Path:
+    from components.lineage import POLICY, REWARD_MODEL, _client
+    from components.workspace import Workspace
+
+    ws = Workspace.at(root / "ws")
+    ws.write_ledger(0, _finished(0, True, [], _side(0.1, 0.2, 0.0, 12.0), _side(0.35, 0.5, 1.25, 11.5),
+                                 {"kept/rm_ensemble": 40, "kept/judge": 3, "kept/gold": 96, "judge_calls": 8}))
+    ws.write_ledger(1, _finished(1, False, ["KL 9.10 > max_kl 8.00"], _side(0.35, 0.5, 1.25, 11.5),
+                                 _side(None, 0.9, 9.1, 30.0), {"kept/rm_ensemble": 52, "kept/human": 2}))
+    ws.write_ledger(2, {"iteration": 2, "status": "failed", "config_hash": "c0ffee", "timings": {}})
+    client = _client(ws.tracking_uri)
+    for name, versions, aliases in ((POLICY, 3, {"champion": "2", "previous": "1", "candidate": "3"}),
+                                    (REWARD_MODEL, 2, {"champion": "2"})):
+        client.create_registered_model(name)
+        for v in range(versions):
+            client.create_model_version(name, (root / f"{name}-{v}").as_uri())
+        for alias, v in aliases.items():
+            client.set_registered_model_alias(name, alias, v)
+    return ws.root
+
+
+def test_status_prints_aliases_the_iteration_table_and_the_last_decisions(tmp_path):
+    ws = _workspace(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ALIGNLOOP_WORKSPACE")}
+    r = subprocess.run([EXE, "status", "--workspace", str(ws)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "policy: candidate=v3, champion=v2, previous=v1" in lines
+    assert "reward-model: champion=v2" in lines
+    rows = {cells[0]: cells[1:] for line in lines
+            if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) == 11}
+    assert rows["start"] == ["+0.100", "+0.200", "0.00", "12.0", "-", "-", "-", "-", "-", "-"]
+    # a promoted iteration shows the candidate (now champion), a rejected one the champion it kept
+    assert rows["0"] == ["+0.350", "+0.500", "1.25", "11.5", "0.61 [0.52, 0.70]", "0.55 [0.41, 0.69]", "promote",
+                         "40/3/96/0", "8", "43"]
+    assert rows["1"] == ["+0.350", "+0.500", "1.25", "11.5", "0.61 [0.52, 0.70]", "-", "reject", "52/0/0/2", "0",
+                         "43"]
+    assert rows["2"] == ["-"] * 6 + ["failed", "-", "-", "-"]
+    assert "iter 0: promote" in lines and "iter 1: reject — KL 9.10 > max_kl 8.00" in lines
+    assert not any(line.startswith("iter 2") for line in lines)  # only finished iterations have a decision
