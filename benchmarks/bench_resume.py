@@ -105,13 +105,13 @@ class Loop:
         return before
 
 
-def in_process_iteration(loop: Loop) -> tuple[dict, float]:
+def in_process_iteration(loop: Loop, progress=None) -> tuple[dict, float]:
     """One iteration through the flow in this process, as `alignloop run` runs it; (ledger, seconds)."""
     from flows.iteration import in_process_run, iteration_flow
 
     s = time.perf_counter()
     with in_process_run():
-        ledger = iteration_flow(loop.files, [], str(loop.ws))
+        ledger = iteration_flow(loop.files, [], str(loop.ws), progress)
     return ledger, time.perf_counter() - s
 
 
@@ -157,9 +157,7 @@ def kill_and_resume(loop: Loop, kill_after: float) -> dict:
         if event == "done":
             stage_s[stage] = sec
 
-    iteration._listeners.append(listen)
-    _, resume_s = in_process_iteration(loop)
-    iteration._listeners.remove(listen)
+    _, resume_s = in_process_iteration(loop, progress=listen)
     recomputed = sorted(loop.new_stage_runs(after_kill))
     if "train_policy" not in recomputed:
         print(f"NOTE: the kill landed after train_policy had finished (recomputed {recomputed}): use a smaller "

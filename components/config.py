@@ -539,6 +539,21 @@ def load_config(paths: str | Path | list, overrides: list[str] | tuple[str, ...]
         raise ConfigError(f"{' + '.join(map(str, paths))}: invalid config\n" + "\n".join(problems)) from None
 
 
+def with_overrides(cfg: LoopConfig, overrides: list[str] | tuple[str, ...], where: str = "--set") -> LoopConfig:
+    """`cfg` (e.g. a stored run's config) with `key.sub=value` overrides applied, validated strictly."""
+    tree = cfg.model_dump(mode="json")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where} {item!r}: expected key.path=value")
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return LoopConfig.model_validate(tree)
+    except ValidationError as err:
+        problems = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"{where}: invalid config\n" + "\n".join(problems)) from None
+
+
 def config_hash(cfg: BaseModel) -> str:
     """sha256 of the canonical JSON of a (sub)config: the identity of 'the same settings'."""
     blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

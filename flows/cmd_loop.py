@@ -53,12 +53,10 @@ def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config
             else:
                 bar.update(current[stage], completed=1, description=f"{stage} [dim]{seconds:.1f}s[/]")
 
-        it._listeners.append(listen)
         try:
             with it.in_process_run():
-                it.continual_flow([str(c) for c in config], list(set_), str(ws), iterations)
+                it.continual_flow([str(c) for c in config], list(set_), str(ws), iterations, progress=listen)
         finally:
-            it._listeners.remove(listen)
             lock.close()
     console.print(iteration_table(Workspace.at(ws).ledgers()))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import typer
 
 from components.artifacts import ArtifactStore
+from components.config import ConfigError
 from components.lineage import POLICY, REWARD_MODEL, TAG_ITER, TAG_SHA, Tracker, _client
 from components.workspace import Workspace
 from flows.common import WorkspaceOpt, console, quiet_env, workspace_dir
@@ -100,7 +101,7 @@ def link(tracker: Tracker, store: ArtifactStore, ws: Workspace, mv) -> dict:
                               "evaluation": _version_of(tracker, REWARD_MODEL,
                                                         tags["evaluate"].get("input.reward_model"))},
             "generation": cfg.generate.model_dump(mode="json"),
-            "judge": {"heldout": "toy gold oracle" if cfg.evaluate.gate.heldout_judge == "gold" else "none",
+            "judge": {"heldout": "toy gold oracle" if cfg.gate.heldout_judge == "gold" else "none",
                       "labeling": judge.model_dump(mode="json", include={"backend", "model", "rubric_version"})
                       if judge is not None else None,
                       "rubric": "components/toy/gold.py (hidden gold reward)" if cfg.gold == "toy" else None},
@@ -134,28 +135,53 @@ def load_path(store: ArtifactStore, mv) -> str:
         return mv.source.removeprefix("file://")
 
 
-def regate(ws: Workspace, tracker: Tracker, version: str) -> dict:
-    """Evaluate `version` against the current champion with the stored machinery and config of the last iteration
-    (its prompt pool, reference policy and reward-model ensemble); returns the gate decision."""
+def regate(ws: Workspace, tracker: Tracker, version: str, overrides: list[str], re_evaluate: bool) -> dict:
+    """The gate's decision on `version` vs the current champion, with the config of the iteration that made it
+    (`overrides` applied, e.g. gate.max_kl=10). From that iteration's stored evaluation report when it compared the
+    candidate with the champion of now (a threshold change re-decides without re-sampling); otherwise, or with
+    `re_evaluate`, evaluated afresh with the stored machinery of the last iteration (pool, reference, ensemble)."""
+    from components import gating
+    from components.config import LoopConfig, with_overrides
+
+    store, mv = ArtifactStore(ws.store), tracker.client.get_model_version(POLICY, version)
+    it = int(mv.tags.get(TAG_ITER, "-1"))
+    made = ws.read_ledger(it) if it >= 0 else None
+    cfg = with_overrides(LoopConfig.model_validate_json(iteration_run(tracker, max(it, 0)).data.params["config"]),
+                         overrides)
+    champ = tracker.alias(POLICY, "champion")
+    stored = made is not None and made.get("status") == "finished" and \
+        made["start"]["champion"]["sha256"] == champ.tags.get(TAG_SHA)
+    if stored and not re_evaluate:
+        metrics = made["report"]["metrics"]
+    else:
+        metrics = _evaluate_against_champion(ws, store, tracker, cfg, mv, champ)
+    return gating.decide(metrics, cfg.gate).to_dict()
+
+
+def _evaluate_against_champion(ws: Workspace, store: ArtifactStore, tracker: Tracker, cfg, mv, champ) -> dict:
+    """The evaluate stage on (`mv`, the champion) with the last finished iteration's pool, reference and ensemble."""
     from components.artifacts import ArtifactRef
-    from components.config import LoopConfig
+    from components.backends.models import Models
+    from components.contract import Backends, Inputs, Seeds
     from components.stages import evaluate
-    from tasks.stages import _gold, _members
+    from components.toy.gold import GoldOracle
 
     last = [d for d in ws.ledgers() if d.get("status") == "finished"][-1]
-    store = ArtifactStore(ws.store)
-    cfg = LoopConfig.model_validate_json(iteration_run(tracker, last["iteration"]).data.params["config"])
-    champ = tracker.alias(POLICY, "champion")
-    prompts = evaluate.heldout_prompts(store.read_table(ArtifactRef(**last["start"]["pool"])),
-                                       cfg.evaluate.n_prompts, cfg.seed)
-    initial = tracker.version_by_sha(POLICY, last["start"]["initial"]["sha256"])
-    _, report = evaluate.run(cfg.evaluate, cfg.generate, prompts,
-                             candidate_path=load_path(store, tracker.client.get_model_version(POLICY, version)),
-                             champion_path=load_path(store, champ), ref_path=load_path(store, initial),
-                             reward_models=_members(store, ArtifactRef(**last["outputs"]["reward_model"])),
-                             gold=_gold(cfg.gold), aggregation=cfg.label.aggregation, uw_lambda=cfg.label.uw_lambda,
-                             seed=cfg.seed)
-    return report["gate"]
+    initial = ArtifactRef(**last["start"]["initial"])
+
+    def policy(v) -> ArtifactRef:
+        return initial if v.tags.get(TAG_SHA) == initial.sha256 else store.ref("policy", v.tags[TAG_SHA])
+
+    with store.staging_dir() as scratch:
+        inputs = Inputs(str(store.root), {"pool": ArtifactRef(**last["start"]["pool"]), "candidate": policy(mv),
+                                          "champion": policy(champ), "reference": initial,
+                                          "reward_model": ArtifactRef(**last["outputs"]["reward_model"])},
+                        last["iteration"], scratch=str(scratch))
+        backends = Backends(models=Models(inputs, ensemble=cfg.ensemble, generate=cfg.generate),
+                            gold=GoldOracle() if cfg.gold == "toy" else None)
+        result = evaluate.run(cfg.evaluate, inputs, backends=backends, seed=Seeds(cfg.seed, last["iteration"],
+                                                                                  "evaluate"))
+    return result.metrics
 
 
 def open_workspace(workspace) -> Workspace:
@@ -172,8 +198,13 @@ def open_workspace(workspace) -> Workspace:
 def promote(version: str = typer.Option(..., "--version", help="policy version to make champion"),
             force: bool = typer.Option(False, "--force", help="promote without the gate (needs --reason)"),
             reason: str = typer.Option("", "--reason", help="why (recorded in the version's tags)"),
+            set_: list[str] = typer.Option([], "--set", help="Gate with changed thresholds: --set gate.max_kl=10"),
+            re_evaluate: bool = typer.Option(False, "--re-evaluate",
+                                             help="sample and score afresh instead of deciding from the stored "
+                                                  "evaluation report"),
             workspace: Path = WorkspaceOpt):
-    """Re-run the eval gate for a policy version against the champion; promote it if it passes."""
+    """Re-run the eval gate for a policy version against the champion (from its stored evaluation report while
+    that compared it with today's champion); promote it if it passes."""
     from components import gating
 
     if force and not reason:
@@ -191,7 +222,11 @@ def promote(version: str = typer.Option(..., "--version", help="policy version t
                      "alignloop.forced_at": stamp}.items():
             tracker.client.set_model_version_tag(POLICY, version, k, v)
     else:
-        decision = regate(ws, tracker, version)
+        try:
+            decision = regate(ws, tracker, version, set_, re_evaluate)
+        except ConfigError as err:
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
         console.print(gating.markdown(decision, f"gate: policy v{version} vs champion v{champ.version}"))
         tracker.client.set_model_version_tag(POLICY, version, "alignloop.regate",
                                              json.dumps({"at": stamp, "promote": decision["promote"],

@@ -57,8 +57,8 @@ def _iteration_row(d: dict) -> list[str]:
     return [str(d["iteration"]), gold, f"{champ['proxy_reward']:+.3f}", f"{champ['kl']:.2f}",
             f"{champ['mean_tokens']:.1f}", wr("proxy_win_rate"), wr("heldout_win_rate"),
             "[green]promote[/]" if promoted else "[red]reject[/]",
-            "/".join(str(int(mix.get(f"kept/{s}", 0))) for s in ("rm_ensemble", "judge", "gold", "human")),
-            str(int(mix.get("judge_calls", 0))),
+            "/".join(str(int(mix.get(f"label/kept/{s}", 0))) for s in ("rm_ensemble", "judge", "gold", "human")),
+            str(int(mix.get("label/judge_calls", 0))),
             f"{sum(d['timings'].values()):.0f}"]
 
 

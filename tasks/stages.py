@@ -179,7 +179,8 @@ def stage_task_run(ctx: RunContext, stage: str, cfg: BaseModel, inputs: Refs, se
         if stage in TRAINING and setup.launch.mode == "accelerate":
             result = launch.accelerate(stage, cfg, ins, setup.ensemble, setup.generate, ctx.seeds(stage), setup.launch)
         else:
-            result = STAGES[stage](cfg, ins, backends=backends_for(ctx, stage, setup, ins), seed=ctx.seeds(stage))
+            result = STAGES[stage].run(cfg, ins, backends=backends_for(ctx, stage, setup, ins),
+                                       seed=ctx.seeds(stage))
         refs = publish(store, result, list(tracked.values()))
         refs = AFTER.get(stage, lambda ctx, run, refs, result, inputs: refs)(ctx, run, refs, result, present)
         run.outputs(refs)
@@ -216,9 +217,10 @@ def _after_train_reward(ctx: RunContext, run, refs: dict, result: StageResult, i
     return refs
 
 
-STAGES = {"sample_prompts": sample_prompts.run, "generate": generate.run, "label": label.run,
-          "train_reward": train_reward.run, "train_policy": train_policy.run, "evaluate": evaluate.run}
-TRAINING = ("train_reward", "train_policy")  # the stages `train_launch.mode: accelerate` runs as a subprocess
+# stage name -> its module; `run` is looked up per call (benchmarks wrap a stage's run to time or kill it)
+STAGES = {"sample_prompts": sample_prompts, "generate": generate, "label": label, "train_reward": train_reward,
+          "train_policy": train_policy, "evaluate": evaluate}
+TRAINING = tuple(launch.STAGES)  # the stages `train_launch.mode: accelerate` runs as a subprocess
 AFTER = {"label": _after_label, "train_reward": _after_train_reward}
 
 

@@ -70,3 +70,49 @@ def two_iteration_loop(tmp_path_factory, tiny_bootstrap, prefect_backend):
     cfg, ws = flow_config(tmp, tiny_bootstrap), tmp / "ws"
     ledgers = continual_flow(str(cfg), [], str(ws), 2)
     return cfg, ws, ledgers
+
+
+TABLE_KINDS = {"pool": "prompts", "prompts": "prompts", "rollouts": "rollouts", "preferences": "preferences",
+               "human": "preferences"}
+
+
+@pytest.fixture
+def stage_inputs(tmp_path):
+    """stage_inputs(iteration=0, **named) -> `components.contract.Inputs` in a store under tmp_path: a table is
+    stored as the kind its name implies (schema columns it lacks filled with defaults: hand-built test data), a list
+    of tables as a tuple of refs, a str path as a model input loaded from that path (not copied)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from components.artifacts import ArtifactRef, ArtifactStore
+    from components.contract import Inputs
+    from components.schemas import schema_of
+
+    store = ArtifactStore(tmp_path / "store")
+
+    def put(name, table):
+        kind = TABLE_KINDS[name]
+        for field in schema_of(kind)[1]:
+            if field.name not in table.column_names:
+                default = {"split": "train", "source": "s", "iteration": 0}.get(field.name, 0 if pa.types.is_integer(
+                    field.type) or pa.types.is_floating(field.type) else "")
+                table = table.append_column(field.name, pa.array([default] * table.num_rows).cast(field.type))
+        return store.put_table(kind, table)
+
+    def make(iteration: int = 0, **named):
+        refs = {}
+        for name, v in named.items():
+            if v is None:
+                continue
+            if isinstance(v, pa.Table):
+                refs[name] = put(name, v)
+            elif isinstance(v, list):
+                refs[name] = tuple(put(name, t) for t in v)
+            else:
+                refs[name] = ArtifactRef(kind="policy", sha256=hashlib.sha256(str(v).encode()).hexdigest(),
+                                         uri=str(v), meta={"hub_id": str(v)})
+        scratch = Path(tempfile.mkdtemp(dir=tmp_path))
+        return Inputs(str(store.root), refs, iteration, scratch=str(scratch))
+
+    return make

@@ -75,6 +75,62 @@ def _decode_completion(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> 
     return text
 
 
+def forbidden_token_ids(tokenizer) -> list[int]:
+    """pad/bos/unk (eos excepted): never words of a completion, and decoding skips them, so a sampled one would
+    silently vanish from the text. Every sampler forbids them; a trained model puts ~no mass there."""
+    specials = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    return sorted({t for t in specials if t is not None} - {tokenizer.eos_token_id})
+
+
+def _sampling_config(tokenizer, *, max_new_tokens: int, temperature: float, top_p: float):
+    """Pure temperature/top-p sampling: every other knob set to neutral explicitly, so a checkpoint's own
+    generation_config (top_k, penalties, beams) cannot change the distribution."""
+    from transformers import GenerationConfig
+
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    return GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        min_p=None,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        num_beams=1,
+        min_new_tokens=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=tokenizer.bos_token_id,
+        suppress_tokens=forbidden_token_ids(tokenizer) or None,
+    )
+
+
+def _sample_batch(model, tokenizer, prompts: list[str], jobs: list[tuple[int, int]], gen_cfg, seed: int):
+    """One left-padded `generate` call over `jobs` ((prompt index, sample index) pairs), seeded with `seed`."""
+    import torch
+
+    eos_id = tokenizer.eos_token_id
+    enc = tokenizer([prompts[i] for i, _ in jobs], return_tensors="pt", padding=True)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        seqs = model.generate(**enc, generation_config=gen_cfg)
+    new = seqs[:, enc["input_ids"].shape[1] :].tolist()
+    ids, mask = enc["input_ids"].tolist(), enc["attention_mask"].tolist()
+    out = []
+    for (i, j), row, prow, pmask in zip(jobs, new, ids, mask):
+        prompt_ids = [t for t, m in zip(prow, pmask) if m]
+        stop = row.index(eos_id) if eos_id in row else None
+        # after eos `generate` pads; a row without eos ran to max_new_tokens and has no padding
+        kept = row[:stop] if stop is not None else row
+        num = stop + 1 if stop is not None else len(row)
+        out.append(Generation(i, j, _decode_completion(tokenizer, prompt_ids, kept), num))
+    return out
+
+
 def generate(
     model,
     tokenizer,
@@ -95,34 +151,7 @@ def generate(
     seeded from (seed, b), so the same call gives the same completions. Returns (generations, stats) with stats =
     {"tokens", "seconds", "tokens_per_s"}.
     """
-    import torch
-    from transformers import GenerationConfig
-
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = eos_id
-    # pad/bos/unk are never words of a completion, and decoding skips them, so a sampled one would silently
-    # vanish from the text; forbid them (eos stays). A trained model puts ~no mass there.
-    never = sorted(
-        {t for t in (pad_id, tokenizer.bos_token_id, tokenizer.unk_token_id) if t is not None} - {eos_id}
-    )
-    gen_cfg = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
-        min_p=None,
-        typical_p=1.0,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        num_beams=1,
-        min_new_tokens=0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        bos_token_id=tokenizer.bos_token_id,
-        suppress_tokens=never or None,
-    )
+    gen_cfg = _sampling_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
     out: list[Generation] = []
     side = tokenizer.padding_side
@@ -130,22 +159,8 @@ def generate(
     t0 = time.perf_counter()
     try:
         for b, start in enumerate(range(0, len(jobs), batch_size)):
-            chunk = jobs[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i, _ in chunk], return_tensors="pt", padding=True)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            torch.manual_seed(_batch_seed(seed, b))
-            with torch.no_grad():
-                seqs = model.generate(**enc, generation_config=gen_cfg)
-            width = enc["input_ids"].shape[1]
-            new = seqs[:, width:].tolist()
-            ids, mask = enc["input_ids"].tolist(), enc["attention_mask"].tolist()
-            for (i, j), row, prow, pmask in zip(chunk, new, ids, mask):
-                prompt_ids = [t for t, m in zip(prow, pmask) if m]
-                stop = row.index(eos_id) if eos_id in row else None
-                # after eos `generate` pads; a row without eos ran to max_new_tokens and has no padding
-                kept = row[:stop] if stop is not None else row
-                num = stop + 1 if stop is not None else len(row)
-                out.append(Generation(i, j, _decode_completion(tokenizer, prompt_ids, kept), num))
+            out += _sample_batch(model, tokenizer, prompts, jobs[start : start + batch_size], gen_cfg,
+                                 _batch_seed(seed, b))
     finally:
         tokenizer.padding_side = side
     seconds = time.perf_counter() - t0

@@ -10,6 +10,7 @@ another stage's cache key.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from components.config import EnsembleConfig, GenerateConfig
 from components.contract import Inputs
 from components.uncertainty import aggregate
 
+logger = logging.getLogger(__name__)
 ENSEMBLE_INPUT = "reward_model"
 
 
@@ -54,10 +56,30 @@ class HFGenerator:
     loaded: tuple | None = None  # (model, tokenizer) when transformers generates: shared with log-prob scoring
 
     def sample(self, prompts: list[str], n: int, seed: int, **overrides) -> tuple[list, dict]:
-        from components.stages.generate import sample
-
         cfg = self.cfg.model_copy(update={"samples_per_prompt": n, **overrides})
         return sample(cfg, prompts, self.path, seed, loaded=self.loaded)
+
+
+def sample(cfg: GenerateConfig, texts: list[str], policy_path: str, seed: int, loaded: tuple | None = None
+           ) -> tuple[list, dict]:
+    """`cfg.samples_per_prompt` completions per text from the checkpoint at `policy_path`, on `cfg.backend`.
+    `loaded`: the (model, tokenizer) of that checkpoint if the caller holds it already (used by transformers)."""
+    if cfg.backend == "vllm":
+        from components.backends import vllm_backend
+
+        reason = vllm_backend.unavailable_reason()
+        if reason is None:
+            gens, stats = vllm_backend.generate(
+                policy_path, texts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                gpu_memory_utilization=cfg.gpu_memory_utilization)
+            return gens, {**stats, "vllm_used": 1.0}
+        logger.warning("generate.backend=vllm cannot run here (%s): using transformers generate instead", reason)
+    from components.backends import hf
+
+    model, tokenizer = loaded or hf.load_causal_lm(policy_path)
+    return hf.generate(model, tokenizer, texts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed)
 
 
 class Models:

@@ -16,7 +16,6 @@ below, TRL's preference collator and our tokenization (`hf.encode_scored`, as fo
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,37 +48,16 @@ def bootstrap_bt_loss(r_chosen, r_rejected, weights, centering: float = 0.0):
     return ((weights * nll).sum(0) / weights.sum(0).clamp_min(1e-12)).mean()
 
 
-def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, cfg: RewardConfig, *,
-                       heads: int, seed: int) -> dict:
-    """K = `heads` Bradley-Terry heads on one trunk, saved to `out_dir` (safetensors + tokenizer).
-
-    `init_path` is a causal LM (fresh heads from `seed`) or a reward model (warm start: trunk and, when it has K
-    heads, the heads; otherwise fresh heads on its trunk). Pairs longer than cfg.max_length tokens are dropped
-    (TRL's rule) and counted. Returns train_loss, seconds, steps, n_train, dropped_too_long.
-    """
+def _heads_model(init_path: str, tokenizer, cfg: RewardConfig, *, heads: int, seed: int):
+    """A `heads`-label sequence-classification model on `init_path`'s trunk. Heads whose shape does not match the
+    checkpoint's (a causal LM, or a reward model with another K) are drawn fresh from `seed`; with LoRA the trunk
+    gets adapters and the score layer still trains in full."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
-    from trl import RewardConfig as TRLRewardConfig
-    from trl.trainer.reward_trainer import DataCollatorForPreference, suppress_seqcls_warning
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from components.backends.hf import encode_scored
-    from components.backends.trainers import (
-        REWARD_CENTERING,
-        common_args,
-        parent_dir,
-        peft_config,
-        quiet,
-        save,
-        steps_for,
-        trl_config,
-    )
+    from components.backends.trainers import peft_config
 
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(init_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     set_seed(seed)  # the fresh heads' initialisation
     with suppress_seqcls_warning():  # causal LM -> seq-cls, or a K'-head model -> K heads: new heads (expected)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -89,23 +67,44 @@ def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, c
     if cfg.lora.r > 0:
         from peft import get_peft_model
 
-        model = get_peft_model(model, peft_config(cfg.lora, "SEQ_CLS"))  # score layer trained in full
+        model = get_peft_model(model, peft_config(cfg.lora, "SEQ_CLS"))
+    return model
 
-    weights = poisson_weights(len(train_pairs), heads, seed, cfg.bootstrap)
+
+def _weighted_rows(tokenizer, train_pairs: list[dict], weights: np.ndarray, max_length: int) -> list[dict]:
+    """Tokenized pairs that fit `max_length` (TRL's rule), each with its row of per-head bootstrap weights."""
+    from components.backends.trainers import scored_pair_ids
+
     rows = []
     for p, w in zip(train_pairs, weights):
-        chosen, _ = encode_scored(tokenizer, p["prompt"], p["chosen"])
-        rejected, _ = encode_scored(tokenizer, p["prompt"], p["rejected"])
-        if max(len(chosen), len(rejected)) <= cfg.max_length:
+        chosen, rejected = scored_pair_ids(tokenizer, p)
+        if max(len(chosen), len(rejected)) <= max_length:
             rows.append({"chosen_ids": chosen, "rejected_ids": rejected, "weights": w.tolist()})
-    if not rows:
-        raise ValueError(f"no training pair fits max_length={cfg.max_length} tokens ({len(train_pairs)} pairs given)")
-    pad = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
+    return rows
 
-    def collate(examples: list[dict]) -> dict:  # chosen rows first, then rejected (TRL's layout), + weights [B, K]
+
+def _weighted_collator(pad_token_id: int):
+    """TRL's preference padding (chosen rows first, then rejected), plus the batch's weights as a [B, K] tensor."""
+    import torch
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    pad = DataCollatorForPreference(pad_token_id=pad_token_id)
+
+    def collate(examples: list[dict]) -> dict:
         batch = pad([{"chosen_ids": e["chosen_ids"], "rejected_ids": e["rejected_ids"]} for e in examples])
         batch["weights"] = torch.tensor([e["weights"] for e in examples], dtype=torch.float32)
         return batch
+
+    return collate
+
+
+def _heads_trainer(model, tokenizer, rows: list[dict], tmp_dir: str, cfg: RewardConfig, *, seed: int):
+    """transformers' Trainer with the bootstrap-weighted loss (TRL's RewardTrainer refuses num_labels ≠ 1)."""
+    from datasets import Dataset
+    from transformers import Trainer
+    from trl import RewardConfig as TRLRewardConfig
+
+    from components.backends.trainers import REWARD_CENTERING, common_args, steps_for, trl_config
 
     class HeadsTrainer(Trainer):
         loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides by the accumulation steps
@@ -117,19 +116,37 @@ def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, c
             loss = bootstrap_bt_loss(r_chosen, r_rejected, w, REWARD_CENTERING)
             return (loss, out) if return_outputs else loss
 
-    steps = steps_for(len(rows), cfg.batch_size, cfg.epochs)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-hf-", dir=parent_dir(out_dir)) as tmp:
-        args = trl_config(  # TRL's reward config, so `trainer_args` mean what they mean for separate members
-            TRLRewardConfig, "train_reward", cfg.trainer_args,
-            **common_args(tmp, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
-                          steps=steps),
-            max_length=cfg.max_length, remove_unused_columns=False,  # keep `weights` for the loss
-        )
-        trainer = HeadsTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate,
-                               processing_class=tokenizer)
-        quiet(trainer)
-        result = trainer.train()
-        save(trainer.model, tokenizer, out_dir, trainer.accelerator)
+    args = trl_config(  # TRL's reward config, so `trainer_args` mean what they mean for separate members
+        TRLRewardConfig, "train_reward", cfg.trainer_args,
+        **common_args(tmp_dir, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                      steps=steps_for(len(rows), cfg.batch_size, cfg.epochs)),
+        max_length=cfg.max_length, remove_unused_columns=False,  # keep `weights` for the loss
+    )
+    return HeadsTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                        data_collator=_weighted_collator(tokenizer.pad_token_id), processing_class=tokenizer)
+
+
+def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, cfg: RewardConfig, *,
+                       heads: int, seed: int) -> dict:
+    """K = `heads` Bradley-Terry heads on one trunk, saved to `out_dir` (safetensors + tokenizer).
+
+    `init_path` is a causal LM (fresh heads from `seed`) or a reward model (warm start: trunk and, when it has K
+    heads, the heads; otherwise fresh heads on its trunk). Pairs longer than cfg.max_length tokens are dropped
+    (TRL's rule) and counted. Returns train_loss, seconds, steps, n_train, dropped_too_long.
+    """
+    from components.backends.trainers import fit_and_save, load_tokenizer, scratch_dir
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    tokenizer = load_tokenizer(init_path)
+    model = _heads_model(init_path, tokenizer, cfg, heads=heads, seed=seed)
+    weights = poisson_weights(len(train_pairs), heads, seed, cfg.bootstrap)
+    rows = _weighted_rows(tokenizer, train_pairs, weights, cfg.max_length)
+    if not rows:
+        raise ValueError(f"no training pair fits max_length={cfg.max_length} tokens ({len(train_pairs)} pairs given)")
+    with scratch_dir(out_dir, "hf") as tmp:
+        trainer = _heads_trainer(model, tokenizer, rows, tmp, cfg, seed=seed)
+        result = fit_and_save(trainer, tokenizer, out_dir)
     return {"train_loss": float(result.training_loss), "seconds": time.perf_counter() - t0,
             "steps": int(trainer.state.global_step), "n_train": len(rows),
             "dropped_too_long": len(train_pairs) - len(rows)}

@@ -3,8 +3,9 @@
 A fresh engine is built from the checkpoint path it is given on every call and torn down afterwards, so an
 iteration always samples from the champion it names, never from weights an earlier iteration loaded. Building
 the engine costs seconds; sampling thousands of completions is where vLLM's continuous batching and paged KV
-cache pay for it. vllm and torch are imported inside the functions (extra `vllm`); `unavailable_reason()` tells
-the caller whether vLLM can run here at all.
+cache pay for it. vllm and torch are imported inside `generate` (extra `vllm`); `unavailable_reason()` tells the
+caller whether vLLM can run here at all. What we ask of vLLM is built by pure functions returning plain dicts
+(`engine_args`, `sampling_args`) and read back by `completion_tokens`, so it is tested without vLLM or a GPU.
 
 The output contract is `components.backends.hf.generate`'s: `Generation` records in prompt-major order, the same
 completion-text rule (decode(prompt + new) minus decode(prompt), starting with a space), `num_tokens` counting the
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from components.backends.hf import Generation, _decode_completion
+from components.backends.hf import Generation, _decode_completion, forbidden_token_ids
 
 FORBIDDEN_LOGIT_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]: -100 takes a token's probability to ~0
 
@@ -43,6 +44,34 @@ def _prompt_seed(seed: int, prompt_index: int) -> int:
     return int(np.random.SeedSequence([seed, prompt_index]).generate_state(1)[0])
 
 
+def engine_args(policy_path: str, *, seed: int, gpu_memory_utilization: float) -> dict:
+    """`vllm.LLM` keyword arguments: weights and tokenizer both from the checkpoint path given, now."""
+    return {"model": policy_path, "tokenizer": policy_path, "seed": seed,
+            "gpu_memory_utilization": gpu_memory_utilization}
+
+
+def sampling_args(n_prompts: int, n: int, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                  eos_id: int, forbidden: list[int]) -> list[dict]:
+    """`vllm.SamplingParams` keyword arguments, one request per prompt (seeded from (seed, prompt index)), each
+    asking for `n` samples from `hf.generate`'s distribution: pure temperature/top-p (top_k, min_p and every
+    penalty neutral), stop at eos, and the `forbidden` ids (`hf.forbidden_token_ids`) biased to ~zero
+    probability (vLLM has no suppress_tokens)."""
+    return [
+        {"n": n, "temperature": temperature, "top_p": top_p, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
+         "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": max_new_tokens,
+         "seed": _prompt_seed(seed, i), "stop_token_ids": [eos_id],
+         "logit_bias": {t: FORBIDDEN_LOGIT_BIAS for t in forbidden} or None}
+        for i in range(n_prompts)
+    ]
+
+
+def completion_tokens(token_ids: list[int], finish_reason: str | None, eos_id: int) -> tuple[list[int], int]:
+    """(the completion's tokens without eos, num_tokens as `hf.generate` counts it): vLLM keeps the stop token in
+    `token_ids`; finish_reason "stop" means it ended on eos (no stop strings are set), which counts as a token."""
+    kept = token_ids[:-1] if token_ids and token_ids[-1] == eos_id else token_ids
+    return kept, len(kept) + (1 if finish_reason == "stop" else 0)
+
+
 def generate(
     policy_path: str,
     prompts: list[str],
@@ -63,22 +92,13 @@ def generate(
     from vllm import LLM, SamplingParams
 
     t_load = time.perf_counter()
-    llm = LLM(model=policy_path, tokenizer=policy_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
+    llm = LLM(**engine_args(policy_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization))
     try:
         tokenizer = llm.get_tokenizer()
         eos_id = tokenizer.eos_token_id
-        never = sorted(
-            {t for t in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id) if t is not None}
-            - {eos_id}
-        )
-        params = [
-            SamplingParams(
-                n=n, temperature=temperature, top_p=top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0,
-                presence_penalty=0.0, frequency_penalty=0.0, max_tokens=max_new_tokens, seed=_prompt_seed(seed, i),
-                stop_token_ids=[eos_id], logit_bias={t: FORBIDDEN_LOGIT_BIAS for t in never} or None,
-            )
-            for i in range(len(prompts))
-        ]
+        params = [SamplingParams(**kw) for kw in sampling_args(
+            len(prompts), n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            eos_id=eos_id, forbidden=forbidden_token_ids(tokenizer))]
         load_seconds = time.perf_counter() - t_load
         t0 = time.perf_counter()
         results = llm.generate(prompts, params, use_tqdm=False)
@@ -87,10 +107,7 @@ def generate(
         for i, res in enumerate(results):
             prompt_ids = list(res.prompt_token_ids)
             for j, sample in enumerate(res.outputs):
-                ids = list(sample.token_ids)
-                kept = ids[:-1] if ids and ids[-1] == eos_id else ids
-                # finish_reason "stop" = ended on eos (no stop strings are set); count it as hf does
-                num = len(kept) + (1 if sample.finish_reason == "stop" else 0)
+                kept, num = completion_tokens(list(sample.token_ids), sample.finish_reason, eos_id)
                 out.append(Generation(i, j, _decode_completion(tokenizer, prompt_ids, kept), num))
     finally:
         del llm  # shuts the engine down and frees its GPU memory before the next stage loads a model

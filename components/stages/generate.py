@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +23,6 @@ import pyarrow as pa
 
 from components.config import GenerateConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult, derive_seed
-
-logger = logging.getLogger(__name__)
-
 
 def rollout_id(policy_sha: str, prompt_id: str, sample_index: int, seed: int) -> str:
     return hashlib.sha256(f"{policy_sha}|{prompt_id}|{sample_index}|{seed}".encode()).hexdigest()[:32]
@@ -88,25 +84,3 @@ def run(cfg: GenerateConfig, inputs: Inputs, *, backends: Backends, seed: Seeds)
         "generate/completions": len(gens), "generate/tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
         "generate/seconds": seconds, "generate/mean_tokens": tokens / max(len(gens), 1), "generate/shards": len(jobs),
         "generate/vllm_used": float(min(s.get("vllm_used", 0.0) for s in stats))})
-
-
-def sample(cfg: GenerateConfig, texts: list[str], policy_path: str, seed: int, loaded: tuple | None = None
-           ) -> tuple[list, dict]:
-    """`cfg.samples_per_prompt` completions per text from the checkpoint at `policy_path`, on `cfg.backend`.
-    `loaded`: the (model, tokenizer) of that checkpoint if the caller holds it already (used by transformers)."""
-    if cfg.backend == "vllm":
-        from components.backends import vllm_backend
-
-        reason = vllm_backend.unavailable_reason()
-        if reason is None:
-            gens, stats = vllm_backend.generate(
-                policy_path, texts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                gpu_memory_utilization=cfg.gpu_memory_utilization)
-            return gens, {**stats, "vllm_used": 1.0}
-        logger.warning("generate.backend=vllm cannot run here (%s): using transformers generate instead", reason)
-    from components.backends import hf
-
-    model, tokenizer = loaded or hf.load_causal_lm(policy_path)
-    return hf.generate(model, tokenizer, texts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed)

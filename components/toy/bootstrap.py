@@ -201,14 +201,10 @@ def _gold_figures(model, tokenizer, heldout: list[tuple[str, str]], ev: EvalPara
     }
 
 
-def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, params: BootstrapParams) -> dict:
-    """Pre-train the bootstrap policy from scratch and save it with its tokenizer; returns the metrics written."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+def _fresh_policy(tokenizer, m: ModelParams):
+    """A randomly initialised GPT-2 of shape `m` over the toy vocabulary (draws from torch's global RNG)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(params.seed)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    m, tr = params.model, params.train
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=m.n_positions,
@@ -224,23 +220,33 @@ def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, p
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
-    train_ids, train_mask = _encode(tokenizer, sample_corpus(params.seed, params.corpus.n_reviews), m.n_positions)
-    heldout = sample_corpus(params.seed + 1, params.corpus.n_heldout)
-    heldout_ids, heldout_mask = _encode(tokenizer, heldout, m.n_positions)
-    loss_init = _heldout_loss(model, heldout_ids, heldout_mask)
+    return GPT2LMHeadModel(config)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
 
-    def lr_factor(step: int) -> float:  # linear warmup, then cosine from 1 down to 0.1
+def _warmup_cosine(optimizer, tr: TrainParams):
+    """Linear warmup to the peak lr over `warmup_steps`, then cosine decay from 1 down to 0.1 of it."""
+    import torch
+
+    def lr_factor(step: int) -> float:
         if step < tr.warmup_steps:
             return (step + 1) / tr.warmup_steps
         progress = (step - tr.warmup_steps) / max(1, tr.steps - tr.warmup_steps)
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    batches = _length_grouped_batches(train_mask.sum(1), tr.batch_size, tr.steps, params.seed)
-    tokens_per_batch = tr.batch_size * train_mask[:, 1:].sum().item() / len(train_mask)  # the corpus average
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def _train(model, train_ids, train_mask, tr: TrainParams, seed: int) -> tuple[float, float]:
+    """`tr.steps` AdamW steps over length-grouped batches, printing the train loss ten times; returns the wall and
+    CPU seconds spent."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+    schedule = _warmup_cosine(optimizer, tr)
+    batches = _length_grouped_batches(train_mask.sum(1), tr.batch_size, tr.steps, seed)
+    # Summed losses are divided by the corpus-average tokens per batch, not the batch's own count: every token
+    # weighs the same whatever the length of the batch it fell in (see _summed_lm_loss).
+    tokens_per_batch = tr.batch_size * train_mask[:, 1:].sum().item() / len(train_mask)
     report_every, window_loss, window_tokens = max(1, tr.steps // 10), 0.0, 0
     model.train()
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -258,7 +264,31 @@ def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, p
                 file=sys.stderr,
             )
             window_loss, window_tokens = 0.0, 0
-    train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def _save_policy(model, tokenizer, policy_dir: Path) -> None:
+    """save_pretrained with the tokenizer's special ids in generation_config, so `generate` needs no arguments."""
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    model.save_pretrained(policy_dir)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(policy_dir)
+
+
+def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, params: BootstrapParams) -> dict:
+    """Pre-train the bootstrap policy from scratch and save it with its tokenizer; returns the metrics written."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = _fresh_policy(tokenizer, params.model)
+    n_positions = params.model.n_positions
+    train_ids, train_mask = _encode(tokenizer, sample_corpus(params.seed, params.corpus.n_reviews), n_positions)
+    heldout = sample_corpus(params.seed + 1, params.corpus.n_heldout)
+    heldout_ids, heldout_mask = _encode(tokenizer, heldout, n_positions)
+    loss_init = _heldout_loss(model, heldout_ids, heldout_mask)
+    train_seconds, train_cpu_seconds = _train(model, train_ids, train_mask, params.train, params.seed)
 
     metrics = {
         "sft/heldout_loss_init": loss_init,
@@ -267,10 +297,7 @@ def pretrain_policy(tokenizer_dir: Path, policy_dir: Path, metrics_path: Path, p
         "sft/train_cpu_seconds": train_cpu_seconds,  # wall time without noisy neighbours (one thread)
         **_gold_figures(model, tokenizer, heldout, params.eval),
     }
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
-    model.save_pretrained(policy_dir)  # transformers 5 always writes safetensors
-    tokenizer.save_pretrained(policy_dir)
+    _save_policy(model, tokenizer, policy_dir)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

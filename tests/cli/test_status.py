@@ -31,9 +31,10 @@ def _workspace(root: Path) -> Path:
 
     ws = Workspace.at(root / "ws")
     ws.write_ledger(0, _finished(0, True, [], _side(0.1, 0.2, 0.0, 12.0), _side(0.35, 0.5, 1.25, 11.5),
-                                 {"kept/rm_ensemble": 40, "kept/judge": 3, "kept/gold": 96, "judge_calls": 8}))
+                                 {"label/kept/rm_ensemble": 40, "label/kept/judge": 3, "label/kept/gold": 96,
+                                  "label/judge_calls": 8}))
     ws.write_ledger(1, _finished(1, False, ["KL 9.10 > max_kl 8.00"], _side(0.35, 0.5, 1.25, 11.5),
-                                 _side(None, 0.9, 9.1, 30.0), {"kept/rm_ensemble": 52, "kept/human": 2}))
+                                 _side(None, 0.9, 9.1, 30.0), {"label/kept/rm_ensemble": 52, "label/kept/human": 2}))
     ws.write_ledger(2, {"iteration": 2, "status": "failed", "config_hash": "c0ffee", "timings": {}})
     client = _client(ws.tracking_uri)
     for name, versions, aliases in ((POLICY, 3, {"champion": "2", "previous": "1", "candidate": "3"}),

@@ -121,7 +121,7 @@ def test_one_shard_is_the_unsharded_generation(tiny_bootstrap):
 
     prompts, policy = _prompts(tiny_bootstrap["prompts"]), str(tiny_bootstrap["policy"])
     table, stats = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7)
-    gens, _ = generate.sample(GEN, prompts["prompt"].to_pylist(), policy, 7)
+    gens, _ = models.sample(GEN, prompts["prompt"].to_pylist(), policy, 7)
     assert stats["shards"] == 1
     assert table["completion"].to_pylist() == [g.completion for g in gens]
     assert table["num_tokens"].to_pylist() == [g.num_tokens for g in gens]

@@ -199,3 +199,41 @@ def test_promote_regates_forces_with_a_record_and_rolls_back(two_iteration_loop)
     finally:  # the shared loop's registry as the other tests expect it
         for alias, version in start.items():
             client.set_registered_model_alias("policy", alias, version)
+
+
+def test_gate_metric_names_are_mlflow_names_and_promote_redecides_from_the_stored_report(two_iteration_loop):
+    """Every metric a gate spec names (the standard checks and the gold-oracle experiment's) is the exact string
+    the evaluate stage logged to MLflow; and `promote --set gate.…` re-decides from the stored report: the value
+    the gate reads is the stored one, bit for bit (no re-sampling)."""
+    from components import gating
+    from components.config import load_config
+
+    cfg_path, ws, ledgers = two_iteration_loop
+    client = _client(ws)
+    exp = client.get_experiment_by_name("flowtest")
+    last = ledgers[-1]
+    evaluate = client.search_runs([exp.experiment_id], f"tags.`alignloop.stage` = 'evaluate' and "
+                                  f"tags.`alignloop.iteration` = '{last['iteration']}'")[0]
+    logged = evaluate.data.metrics
+    assert logged == pytest.approx(last["report"]["metrics"])
+    specs = [gating.standard_checks(load_config(cfg_path).gate, logged),
+             load_config(["configs/tiny.yaml", "configs/experiments/gold-oracle.yaml"]).gate.checks]
+    for check in itertools.chain(*specs):
+        assert check.metric in logged, check
+        if check.vs_champion != "none":
+            assert check.metric.replace("/candidate/", "/champion/") in logged
+
+    start = {k: str(v) for k, v in client.get_registered_model("policy").aliases.items()}
+    version = str(last["decision"]["version"])
+    try:  # the candidate against the champion its iteration evaluated it with: the stored report applies
+        client.set_registered_model_alias("policy", "champion", last["start"]["champion_version"])
+        r = cli("promote", "--version", version, "--set", "gate.max_kl=1e-9", "--workspace", str(ws))
+        assert r.returncode == 1, r.stdout + r.stderr
+        regate = json.loads(client.get_model_version("policy", version).tags["alignloop.regate"])
+        kl = last["report"]["metrics"]["evaluate/candidate/kl"]
+        assert any(x.startswith(f"kl_budget: evaluate/candidate/kl = {kl:.4g} ") for x in regate["reasons"])
+        r = cli("promote", "--version", version, "--set", "gate.no_such_key=1", "--workspace", str(ws))
+        assert r.returncode == 2 and "no_such_key" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    finally:
+        for alias, v in start.items():
+            client.set_registered_model_alias("policy", alias, v)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.config import PolicyConfig, RewardConfig
+from components.config import DPOConfig, PolicyConfig, RewardConfig
 
 PROMPTS = ["review pizza crust :", "review hotel room today again :", "review movie :"]
 TOPICS = [
@@ -265,7 +265,7 @@ def test_train_dpo_raises_chosen_margin_and_keeps_reference(tiny_policy, tmp_pat
 def test_train_dpo_loss_variants_and_determinism(tiny_policy, tmp_path, loss_type, sft_coef):
     from components.backends.trainers import train_dpo
 
-    cfg = PolicyConfig(learning_rate=1e-3, batch_size=8, loss_type=loss_type, sft_coef=sft_coef)
+    cfg = PolicyConfig(learning_rate=1e-3, batch_size=8, dpo=DPOConfig(loss_type=loss_type, sft_coef=sft_coef))
     pairs = make_pairs(16, 12)
     a = train_dpo(tiny_policy, tiny_policy, pairs, tmp_path / "a", cfg, seed=3)
     train_dpo(tiny_policy, tiny_policy, pairs, tmp_path / "b", cfg, seed=3)
@@ -281,3 +281,12 @@ def test_train_dpo_tokenizes_like_encode_scored_with_bos_tokenizer(tmp_path, tin
     with caplog.at_level(logging.WARNING, logger="components.backends.trainers"):
         train_dpo(path, path, make_pairs(8, 13), tmp_path / "cand", PolicyConfig(batch_size=8), seed=0)
     assert not caplog.records
+
+
+def test_train_rl_adaptive_kl_needs_a_positive_beta(tmp_path):
+    from components.backends.rl import train_rl
+    from components.config import RLConfig
+
+    cfg = PolicyConfig(algo="rloo", beta=0.0, batch_size=4, rl=RLConfig(kl_control="adaptive"))
+    with pytest.raises(ValueError, match=r"train_policy\.beta > 0"):  # checked before anything is loaded
+        train_rl("unused", "unused", ["review movie :"], lambda p, c: [0.0] * len(c), tmp_path / "out", cfg, seed=0)

@@ -5,7 +5,7 @@ import pytest
 from components.artifacts import ArtifactStore
 from components.config import SampleConfig
 from components.schemas import SchemaError
-from components.stages.sample_prompts import run as sample
+from components.stages import sample_prompts
 
 
 def prompts(n=10):
@@ -51,9 +51,16 @@ def test_directory_artifacts_reject_pickles(tmp_path):
             store.put_dir("policy", d / "m")
 
 
-def test_sampling_is_stratified_disjoint_across_iterations_and_excludes_eval():
+def test_sampling_is_stratified_disjoint_across_iterations_and_excludes_eval(stage_inputs):
+    from components.contract import Backends, Seeds
+
     pool = prompts(20)
     cfg = SampleConfig(n_prompts=6)
+
+    def sample(cfg, pool, iteration, seed):
+        return sample_prompts.run(cfg, stage_inputs(iteration, pool=pool), backends=Backends(),
+                                  seed=Seeds(seed, iteration, "sample_prompts")).outputs["prompts"].table
+
     it0, it1 = sample(cfg, pool, iteration=0, seed=1), sample(cfg, pool, iteration=1, seed=1)
     ids0, ids1 = set(it0["prompt_id"].to_pylist()), set(it1["prompt_id"].to_pylist())
     assert not ids0 & ids1 and len(ids0) == 6

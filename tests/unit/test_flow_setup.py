@@ -21,17 +21,18 @@ def test_a_local_initial_policy_is_copied_and_hashed_once_until_its_files_change
     monkeypatch.setattr(shutil, "copytree", lambda *a, **k: copies.append(a[0]) or real_copy(*a, **k))
     monkeypatch.setattr(it.ArtifactStore, "put_dir", lambda self, *a, **k: hashed.append(a) or real_sha(self, *a, **k))
 
-    ref, path = it._initial_policy(store, tracker, str(src), run, earlier=[])
+    ref = it._initial_policy(store, tracker, str(src), run, earlier=[])
+    path = store.path(ref)
     assert copies == [str(src)] and len(hashed) == 1
     assert (Path(path) / "model.safetensors").read_bytes() == b"w" * 1000 and Path(path).is_relative_to(store.root)
     assert str(tracker.alias(POLICY, "champion").version) == "1"
 
     ledgers = [{"iteration": 0, "start": {"initial": ref.model_dump()}}]
-    again, again_path = it._initial_policy(store, tracker, str(src), run, earlier=ledgers)
-    assert again == ref and again_path == path and len(copies) == 1 and len(hashed) == 1  # reused as it was
+    again = it._initial_policy(store, tracker, str(src), run, earlier=ledgers)
+    assert again == ref and store.path(again) == path and len(copies) == 1 and len(hashed) == 1  # reused as it was
 
     (src / "model.safetensors").write_bytes(b"v" * 1000)  # new weights at the same path are noticed
-    changed, _ = it._initial_policy(store, tracker, str(src), run, earlier=ledgers)
+    changed = it._initial_policy(store, tracker, str(src), run, earlier=ledgers)
     assert len(copies) == 2 and changed.sha256 != ref.sha256
     assert str(tracker.alias(POLICY, "champion").version) == "1"  # a new initial version never moves the champion
 

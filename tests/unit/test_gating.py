@@ -18,12 +18,13 @@ def _wr(value, lo, hi):
 
 
 def _metrics(proxy=(0.7, 0.6, 0.8), heldout=(0.7, 0.6, 0.8), **kw):
-    m = {"candidate.kl": 1.0, "champion.kl": 0.5, "candidate.mean_tokens": 10.0, "champion.mean_tokens": 10.0,
-         "candidate.regression_logp": -20.0, "champion.regression_logp": -19.0}
+    m = {"evaluate/candidate/kl": 1.0, "evaluate/champion/kl": 0.5, "evaluate/candidate/mean_tokens": 10.0,
+         "evaluate/champion/mean_tokens": 10.0, "evaluate/candidate/regression_logp": -20.0,
+         "evaluate/champion/regression_logp": -19.0}
     for name, w in (("proxy_win_rate", proxy), ("heldout_win_rate", heldout), ("lc_heldout_win_rate", heldout),
                     ("lc_proxy_win_rate", proxy)):
-        m.update({f"{name}.{k}": v for k, v in _wr(*w).items()})
-    m["reward_hacking"] = reward_hacking(_wr(*proxy), _wr(*heldout))
+        m.update({f"evaluate/{name}/{k}": v for k, v in _wr(*w).items()})
+    m["evaluate/reward_hacking"] = reward_hacking(_wr(*proxy), _wr(*heldout))
     return {**m, **kw}
 
 
@@ -37,10 +38,10 @@ def test_standard_checks_promote_only_when_all_blocking_checks_pass():
     assert d.promote and not d.reasons
     assert [c.name for c in d.checks] == ["proxy_win_rate", "kl_budget", "length_ratio", "heldout_win_rate",
                                           "reward_hacking", "length_controlled_win_rate", "regression"]
-    d = decide(_metrics(**{"candidate.kl": 7.0}), gate)
-    assert not d.promote and d.reasons == ["kl_budget: kl = 7 (needs <= 5)"]
-    assert _failed(decide(_metrics(**{"candidate.mean_tokens": 20.0}), gate)) == ["length_ratio"]
-    assert _failed(decide(_metrics(**{"candidate.mean_tokens": 5.0}), gate)) == ["length_ratio"]
+    d = decide(_metrics(**{"evaluate/candidate/kl": 7.0}), gate)
+    assert not d.promote and d.reasons == ["kl_budget: evaluate/candidate/kl = 7 (needs <= 5)"]
+    assert _failed(decide(_metrics(**{"evaluate/candidate/mean_tokens": 20.0}), gate)) == ["length_ratio"]
+    assert _failed(decide(_metrics(**{"evaluate/candidate/mean_tokens": 5.0}), gate)) == ["length_ratio"]
     # the old rule: a tie on the proxy (CI low exactly 0.5) does not pass "> 0.5"
     assert _failed(decide(_metrics(proxy=(0.6, 0.5, 0.7)), gate)) == ["proxy_win_rate"]
 
@@ -78,8 +79,8 @@ def test_length_controlled_win_rate_removes_a_length_only_advantage():
 
 def test_regression_check_blocks_a_forgetful_candidate():
     gate = GateConfig(max_regression_drop=2.0)
-    assert decide(_metrics(**{"candidate.regression_logp": -20.9}), gate).promote  # 1.9 nats below
-    d = decide(_metrics(**{"candidate.regression_logp": -25.0}), gate)
+    assert decide(_metrics(**{"evaluate/candidate/regression_logp": -20.9}), gate).promote  # 1.9 nats below
+    d = decide(_metrics(**{"evaluate/candidate/regression_logp": -25.0}), gate)
     assert _failed(d) == ["regression"] and "difference vs champion" in d.checks[-1].metric
     no_set = {k: v for k, v in _metrics().items() if "regression" not in k}
     assert "regression" not in [c.name for c in decide(no_set, gate).checks]
@@ -88,28 +89,27 @@ def test_regression_check_blocks_a_forgetful_candidate():
 def test_configured_specification_replaces_the_standard_checks(tmp_path):
     spec = tmp_path / "gate.yaml"
     spec.write_text("""
-evaluate:
-  gate:
-    checks:
-      - {name: gold_gain, metric: gold_reward, vs_champion: difference, above: 0.1}
-      - {name: kl_drift, metric: kl, vs_champion: ratio, at_most: 1.5, blocking: false}
+gate:
+  checks:
+    - {name: gold_gain, metric: evaluate/candidate/gold_reward, vs_champion: difference, above: 0.1}
+    - {name: kl_drift, metric: evaluate/candidate/kl, vs_champion: ratio, at_most: 1.5, blocking: false}
 """)
-    gate = load_config(spec).evaluate.gate
-    m = _metrics(**{"candidate.gold_reward": 1.0, "champion.gold_reward": 0.5})
+    gate = load_config(spec).gate
+    m = _metrics(**{"evaluate/candidate/gold_reward": 1.0, "evaluate/champion/gold_reward": 0.5})
     d = decide(m, gate)
     assert d.promote and [c.name for c in d.checks] == ["gold_gain", "kl_drift"]
-    assert d.warnings == ["kl_drift: kl (ratio vs champion) = 2 (needs <= 1.5)"]  # 1.0 / 0.5, advisory
-    assert not decide({**m, "candidate.gold_reward": 0.55}, gate).promote
-    with pytest.raises(KeyError, match=r"gold_gain.*no metric 'candidate\.gold_reward'"):
+    assert d.warnings == ["kl_drift: evaluate/candidate/kl (ratio vs champion) = 2 (needs <= 1.5)"]  # 1.0 / 0.5, advisory
+    assert not decide({**m, "evaluate/candidate/gold_reward": 0.55}, gate).promote
+    with pytest.raises(KeyError, match=r"gold_gain.*no metric 'evaluate/candidate/gold_reward'"):
         decide(_metrics(), gate)
     with pytest.raises(ValidationError, match="no bound"):
-        GateCheck(name="x", metric="kl")
+        GateCheck(name="x", metric="evaluate/candidate/kl")
     with pytest.raises(ValidationError, match="one lower bound"):
-        GateCheck(name="x", metric="kl", above=0, at_least=1)
+        GateCheck(name="x", metric="evaluate/candidate/kl", above=0, at_least=1)
 
 
 def test_nan_metric_never_passes_and_markdown_names_every_check():
-    d = decide(_metrics(**{"candidate.kl": math.nan}), GateConfig())
+    d = decide(_metrics(**{"evaluate/candidate/kl": math.nan}), GateConfig())
     assert "kl_budget" in _failed(d)
     md = markdown(d.to_dict(), "iteration 3")
     assert "Decision: **REJECT**" in md and md.count("\n| ") == len(d.checks) + 1 and "kl_budget" in md

@@ -13,15 +13,18 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_gate_rejects_a_candidate_that_games_the_proxy(tiny_bootstrap, tmp_path):
+def test_gate_rejects_a_candidate_that_games_the_proxy(tiny_bootstrap, tmp_path, stage_inputs):
     import pyarrow.parquet as pq
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from components import gating
+    from components.backends.models import Models
     from components.backends.trainers import train_reward_member
-    from components.config import EvalConfig, GenerateConfig, RewardConfig
+    from components.config import EvalConfig, GateConfig, GenerateConfig, RewardConfig
+    from components.contract import Backends, Seeds
     from components.stages import evaluate
-    from components.toy.gold import gold_reward
+    from components.toy.gold import GoldOracle
     from components.toy.language import sample_corpus
 
     champion = str(tiny_bootstrap["policy"])
@@ -36,19 +39,21 @@ def test_gate_rejects_a_candidate_that_games_the_proxy(tiny_bootstrap, tmp_path)
     rng = random.Random(0)
     pairs = [{"prompt": p, "chosen": " " + " ".join(["great"] * rng.randint(3, 24)), "rejected": c}
              for p, c in sample_corpus(5, 96)]
-    train_reward_member(champion, pairs, [], tmp_path / "proxy", RewardConfig(members=1, epochs=1, learning_rate=1e-3,
-                                                                              batch_size=16), seed=0)
+    # a one-member ensemble directory: the proxy is its member-0
+    train_reward_member(champion, pairs, [], tmp_path / "proxy" / "member-0",
+                        RewardConfig(epochs=1, learning_rate=1e-3, batch_size=16), seed=0)
 
-    prompts = evaluate.heldout_prompts(pq.read_table(tiny_bootstrap["prompts"]), 8, 0)
+    inputs = stage_inputs(pool=pq.read_table(tiny_bootstrap["prompts"]), candidate=str(tmp_path / "candidate"),
+                          champion=champion, reference=champion, reward_model=str(tmp_path / "proxy"))
     cfg = EvalConfig(n_prompts=8, samples_per_prompt=2, bootstrap_resamples=200)
-    samples, report = evaluate.run(cfg, GenerateConfig(max_new_tokens=16), prompts,
-                                   candidate_path=str(tmp_path / "candidate"), champion_path=champion,
-                                   ref_path=champion, reward_models=[str(tmp_path / "proxy")], gold=gold_reward,
-                                   aggregation="mean", uw_lambda=1.0, seed=0)
+    backends = Backends(models=Models(inputs, generate=GenerateConfig(max_new_tokens=16)), gold=GoldOracle())
+    out = evaluate.run(cfg, inputs, backends=backends, seed=Seeds(0, 0, "evaluate"))
+    samples, report = out.outputs["eval_samples"].table, out.outputs["eval_report"].doc
+    assert out.metrics == report["metrics"]  # the stage's metrics are what the gate reads
 
     assert report["candidate"]["proxy_reward"] > report["champion"]["proxy_reward"]
     assert report["candidate"]["gold_reward"] < report["champion"]["gold_reward"]
-    gate = report["gate"]
+    gate = gating.decide(report["metrics"], GateConfig()).to_dict()
     assert not gate["promote"]
     assert any(r.startswith("reward_hacking:") for r in gate["reasons"]), gate["reasons"]
     checks = {c["name"]: c for c in gate["checks"]}

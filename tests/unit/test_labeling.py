@@ -11,9 +11,11 @@ from components import preferences as P
 from components import routing
 from components.backends.judge_toy import ToyJudge
 from components.config import LabelConfig
+from components.contract import Backends, Seeds
 from components.judge import Answer, JudgeRunner, TransportError, parse_verdict
 from components.stages import label
-from components.toy.gold import gold_reward
+from components.toy.gold import GoldOracle, gold_reward
+from components.uncertainty import aggregate
 
 PROMPT = "review pizza crust :"
 GOOD = " the crust was great ."  # gold prefers it clearly over the two below
@@ -58,8 +60,8 @@ def test_routing_uncertain_order_and_resolve():
     assert routed.to_human.tolist() == [False, False, True, True]
     assert routed.reason.tolist() == ["", "", "inconsistent", "not_judged"]
     m = routing.routing_metrics(unsure, order[:2], ["b", "inconsistent"], routed)
-    assert m["routed"] == 3 and m["judge_settled"] == 1 and m["rm_judge_agreement"] == 0.0
-    assert m["human_queued"] == 2 and m["dropped_uncertain"] == 0
+    assert m["label/routed"] == 3 and m["label/judge_settled"] == 1 and m["label/rm_judge_agreement"] == 0.0
+    assert m["label/human_queued"] == 2 and m["label/dropped_uncertain"] == 0
 
 
 def test_parse_verdict():
@@ -84,7 +86,7 @@ def test_judge_both_orders_budget_and_cache(tmp_path):
     assert all(t["attempts"] == 1 and t["latency_s"] >= 0 for t in runner.transcript if not t["cached"])
     again = _toy_runner(tmp_path, budget=2)  # re-run with the persisted cache: only p3 is paid
     assert again.judge_pairs(ids, prompts, first, second) == ["a", "b", "b", "a"]
-    assert again.calls == 2 and again.stats()["judge_cache_hits"] == 6
+    assert again.calls == 2 and again.stats()["label/judge_cache_hits"] == 6
 
 
 def test_position_bias_and_noise_make_verdicts_inconsistent(tmp_path):
@@ -119,10 +121,52 @@ def test_runner_retries_with_backoff_then_gives_up():
     assert max(t["attempts"] for t in runner.transcript) == 3
     dead = JudgeRunner(Flaky(100), rubric_version="v1", budget=10, max_retries=1, backoff_s=0.0)
     assert dead.judge_pairs(["p"], [PROMPT], [GOOD], [BAD]) == ["inconsistent"]
-    assert dead.stats()["judge_errors"] == 2 and dead.cache.entries == {}  # failures are never cached
+    assert dead.stats()["label/judge_errors"] == 2 and dead.cache.entries == {}  # failures are never cached
 
 
-def test_label_routes_uncertain_pairs_to_judge_then_human_queue(tmp_path):
+class FakeEnsemble:
+    """Fixed member scores [K, N] for exactly the rollouts of a test (a fake inside a unit test of the label stage):
+    the `components.contract.Ensemble` protocol, aggregated by the mean."""
+
+    aggregation = "mean"
+
+    def __init__(self, members, prompts, completions):
+        self.members, self.expected = np.asarray(members, dtype=np.float64), (list(prompts), list(completions))
+        self.size = len(self.members)
+
+    def score(self, prompts, completions):
+        assert (list(prompts), list(completions)) == self.expected  # label scores every rollout, in order
+        return self.members
+
+    def reward(self, member_rewards):
+        return aggregate(member_rewards, self.aggregation, 1.0)
+
+
+class FakeModels:
+    """`backends.models` with only the reward-model ensemble the label stage asks for."""
+
+    def __init__(self, ensemble):
+        self._ensemble = ensemble
+
+    def ensemble(self, name="reward_model"):
+        assert name == "reward_model"
+        return self._ensemble
+
+
+def _rollouts(prompts, completions, groups) -> pa.Table:
+    return pa.table({"prompt": prompts, "completion": completions, "prompt_id": groups,
+                     "rollout_id": [f"r{i}" for i in range(len(prompts))]})
+
+
+def _label(cfg, stage_inputs, prompts, completions, groups, members, judge=None, iteration=3):
+    """label.run on hand-built rollouts and member scores; (preferences, metrics, human-queue records)."""
+    inputs = stage_inputs(iteration=iteration, rollouts=_rollouts(prompts, completions, groups))
+    backends = Backends(models=FakeModels(FakeEnsemble(members, prompts, completions)), judge=judge)
+    out = label.run(cfg, inputs, backends=backends, seed=Seeds(0, iteration, "label"))
+    return out.outputs["preferences"].table, out.metrics, out.records.get("human_queue", [])
+
+
+def test_label_routes_uncertain_pairs_to_judge_then_human_queue(tmp_path, stage_inputs):
     prompts = [PROMPT] * 4 + ["review pizza sauce :"] * 2
     completions = [GOOD, BAD, MID, " the crust was bad .", " the sauce was great .", BAD]
     groups = ["g1"] * 4 + ["g2"] * 2
@@ -134,21 +178,40 @@ def test_label_routes_uncertain_pairs_to_judge_then_human_queue(tmp_path):
     cfg = LabelConfig(judge={"backend": "toy", "noise": 0.0, "position_bias": 0.0, "budget": 10},
                       uncertain="human_queue")
     runner = _toy_runner(tmp_path)
-    table, metrics, queue, _ = label._label_by_ensemble(cfg, prompts, completions, groups, members, runner, 3,
-                                                        np.random.default_rng(0))
+    table, metrics, queue = _label(cfg, stage_inputs, prompts, completions, groups, members, runner)
     rows = table.to_pylist()
     assert [r["label_source"] for r in rows] == ["rm_ensemble", "judge"]
     assert rows[1]["chosen"] == " the sauce was great ." and rows[1]["margin"] < 0  # the judge flipped the RMs
-    assert metrics["rm_judge_agreement"] == 0.0 and metrics["judge_settled"] == 1 and queue == []
+    assert metrics["label/rm_judge_agreement"] == 0.0 and metrics["label/judge_settled"] == 1 and queue == []
     # without budget the uncertain pair goes to the human queue instead
     broke = _toy_runner(tmp_path / "b", budget=0)
-    table, metrics, queue, _ = label._label_by_ensemble(cfg, prompts, completions, groups, members, broke, 3,
-                                                        np.random.default_rng(0))
+    table, metrics, queue = _label(cfg, stage_inputs, prompts, completions, groups, members, broke)
     assert table.num_rows == 1 and len(queue) == 1 and queue[0]["meta"]["reason"] == "over_budget"
     assert queue[0]["data"]["response_a"] == BAD and queue[0]["choice"] is None
 
 
-def test_human_queue_import_round_trip(tmp_path):
+def test_min_margin_over_std_moves_pairs_from_the_ensemble_to_routing(stage_inputs):
+    """Five prompts with two completions each: one best-vs-worst pair per prompt. Member k scores the first
+    completion m_k and the second 0, so with K=2 the pair's aggregate (mean) margin is (m_1 + m_2)/2 and its
+    ensemble std is |m_1 - m_2|/2. Margins over std z = inf, 10, 3, 2, 0.5: a pair is kept by the ensemble iff
+    z > min_margin_over_std, else routed (no judge: dropped)."""
+    member_margins = [(2.0, 2.0), (11.0, 9.0), (4.0, 2.0), (3.0, 1.0), (3.0, -1.0)]  # z = inf, 10, 3, 2, 0.5
+    members = np.array([[m[k] if j == 0 else 0.0 for m in member_margins for j in range(2)] for k in range(2)])
+    groups = [f"g{i}" for i in range(5) for _ in range(2)]
+    prompts = [PROMPT] * 10
+    completions = [f" pair {i} side {j} ." for i in range(5) for j in range(2)]
+    expected = {0.0: (5, 0), 1.0: (4, 1), 5.0: (2, 3)}  # (kept by the ensemble, routed), by hand from z above
+    for k, (kept, routed) in expected.items():
+        table, m, queue = _label(LabelConfig(min_margin_over_std=k), stage_inputs, prompts, completions, groups,
+                                 members)
+        assert m["label/pairs_built"] == 5
+        assert (m["label/kept/rm_ensemble"], m["label/routed"]) == (kept, routed), (k, m)
+        assert m["label/dropped_uncertain"] == routed and m["label/pairs_kept"] == kept == table.num_rows
+        assert table["label_source"].to_pylist() == ["rm_ensemble"] * kept and queue == []
+        assert all(c.endswith("side 0 .") for c in table["chosen"].to_pylist())  # oriented by the aggregate
+
+
+def test_human_queue_import_round_trip(tmp_path, stage_inputs):
     from components.human_queue import import_labels, pending_imports, queue_records, write_queue
     from components.workspace import Workspace
 
@@ -181,10 +244,10 @@ def test_human_queue_import_round_trip(tmp_path):
     # the next iteration's label stage appends them (gold seed path: no reward model yet)
     rollouts = pa.table({"prompt": [PROMPT] * 3, "completion": [GOOD, BAD, MID], "prompt_id": ["g"] * 3,
                          "rollout_id": ["r0", "r1", "r2"]})
-    out = label.run(LabelConfig(seed_gold_pairs=3), rollouts, reward_models=None, gold=gold_reward, iteration=5,
-                    seed=0, human=human)
-    assert out.metrics["kept/human"] == 1 and out.metrics["kept/gold"] == 3
-    assert out.preferences.to_pylist()[-1]["iteration"] == 5
+    out = label.run(LabelConfig(seed_gold_pairs=3), stage_inputs(iteration=5, rollouts=rollouts, human=human),
+                    backends=Backends(gold=GoldOracle()), seed=Seeds(0, 5, "label"))
+    assert out.metrics["label/kept/human"] == 1 and out.metrics["label/kept/gold"] == 3
+    assert out.outputs["preferences"].table.to_pylist()[-1]["iteration"] == 5
 
 
 def test_labels_import_cli_reports_file_and_line(tmp_path):
