@@ -45,8 +45,8 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from components.backends.hf import RewardEnsemble
+    from components.backends.models import sample
     from components.config import GenerateConfig
-    from components.stages import generate
 
     boot = common.bootstrap()
     ks = sorted({2, args.members})
@@ -55,10 +55,9 @@ def main() -> None:
     variants |= {f"K={k} separate": (k, separate[:k]) for k in ks}
     variants |= {f"K={k} shared": (k, [build(str(boot["policy"]), k, root / f"shared-{k}")]) for k in ks}
     n_prompts = max(1, args.pairs // 4)
-    prompts = pq.read_table(boot["prompts"]).slice(0, n_prompts)
-    rollouts, _ = generate.run(GenerateConfig(samples_per_prompt=4, max_new_tokens=32), prompts, str(boot["policy"]),
-                               policy_sha="bench", seed=0)
-    p, c = rollouts["prompt"].to_pylist(), rollouts["completion"].to_pylist()
+    texts = pq.read_table(boot["prompts"]).slice(0, n_prompts)["prompt"].to_pylist()
+    gens, _ = sample(GenerateConfig(samples_per_prompt=4, max_new_tokens=32), texts, str(boot["policy"]), seed=0)
+    p, c = [texts[g.prompt_index] for g in gens], [g.completion for g in gens]
 
     score_s = {v: [] for v in variants}
     total_s = {v: [] for v in variants}

@@ -4,9 +4,11 @@ settings (target ≥ 0.95×), and how tokens/s scales with batch size.
     .venv/bin/python benchmarks/bench_generate.py [--prompts 128 --samples 8 --max-new-tokens 32 --repeats 5]
 
 Both sides decode the same sequences in the same batches with the same per-batch seeds, so they do the same
-work; they alternate, and medians are reported. The stage's figure is end to end (model load from disk,
-tokenization, decoding, building the rollouts table); "decode only" is the stage's own timer. With
-`--backend vllm` on a GPU machine the stage side runs vLLM (the raw side stays HF generate).
+work; they alternate, and medians are reported. The stage's figure is end to end (the stage function
+`components.stages.generate.run` called as the flow calls it: prompts read from the store, model load from disk,
+tokenization, decoding, building the rollouts table); "decode only" is the stage's own timer
+(`generate/seconds`). With `--backend vllm` on a GPU machine the stage side runs vLLM (the raw side stays HF
+generate).
 """
 
 from __future__ import annotations
@@ -38,12 +40,11 @@ def raw_generate(model, tok, prompts: list[str], n: int, *, batch_size: int, max
     return len(jobs), tokens
 
 
-def alternate(args, cfg, model, tok, prompts, policy: str, seed: int) -> dict[str, list[tuple[float, float]]]:
-    """Raw generate and the stage, alternating `args.repeats` times: (completions/s, tokens/s) per run."""
-    from components.stages import generate
-
-    texts = prompts["prompt"].to_pylist()
+def alternate(args, plain, cfg, model, tok, prompts, policy, seed: int) -> dict[str, list[tuple[float, float]]]:
+    """Raw generate and the stage, alternating `args.repeats` times: (completions/s, tokens/s) per run. `seed` is
+    the generate stage's seed (its first shard's), so both sides draw the same per-batch seeds."""
     rows = {"raw": [], "stage": [], "stage_decode": []}
+    texts = plain.store.read_table(prompts)["prompt"].to_pylist()
     for r in range(args.repeats):
         s = time.perf_counter()
         seqs, tokens = raw_generate(model, tok, texts, args.samples, batch_size=args.batch_size,
@@ -52,26 +53,26 @@ def alternate(args, cfg, model, tok, prompts, policy: str, seed: int) -> dict[st
         dt = time.perf_counter() - s
         rows["raw"].append((seqs / dt, tokens / dt))
         s = time.perf_counter()
-        table, stats = generate.run(cfg, prompts, policy, policy_sha="bench", seed=seed)
+        result = plain.call("generate", cfg, iteration=0, prompts=prompts, policy=policy)
         dt = time.perf_counter() - s
+        table, stats = result.outputs["rollouts"].table, result.metrics
         n_tok = sum(table["num_tokens"].to_pylist())
         rows["stage"].append((table.num_rows / dt, n_tok / dt))
-        rows["stage_decode"].append((table.num_rows / stats["seconds"], stats["tokens_per_s"]))
+        rows["stage_decode"].append((table.num_rows / stats["generate/seconds"], stats["generate/tokens_per_s"]))
         print(f"repeat {r}: raw {rows['raw'][-1][1]:.0f} tok/s ({tokens} tokens), stage {rows['stage'][-1][1]:.0f}"
-              f" tok/s ({n_tok} tokens), stage decode-only {stats['tokens_per_s']:.0f} tok/s", flush=True)
+              f" tok/s ({n_tok} tokens), stage decode-only {stats['generate/tokens_per_s']:.0f} tok/s", flush=True)
     return rows
 
 
-def batch_scaling(cfg, prompts, policy: str, seed: int) -> dict[int, float]:
+def batch_scaling(plain, cfg, prompts, policy) -> dict[int, float]:
     """The stage's decode tokens/s at batch sizes 16, 64, 256."""
-    from components.stages import generate
-
     scaling = {}
     for bs in (16, 64, 256):
         s = time.perf_counter()
-        _, stats = generate.run(cfg.model_copy(update={"batch_size": bs}), prompts, policy, policy_sha="b", seed=seed)
-        scaling[bs] = stats["tokens_per_s"]
-        print(f"  batch {bs:4d}: {stats['tokens_per_s']:8.0f} tokens/s (decode), {time.perf_counter() - s:.1f} s")
+        tps = plain.call("generate", cfg.model_copy(update={"batch_size": bs}), iteration=0, prompts=prompts,
+                         policy=policy).metrics["generate/tokens_per_s"]
+        scaling[bs] = tps
+        print(f"  batch {bs:4d}: {tps:8.0f} tokens/s (decode), {time.perf_counter() - s:.1f} s")
     return scaling
 
 
@@ -85,22 +86,26 @@ def main() -> None:
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     ap.add_argument("--policy", default=None, help="checkpoint directory (default: the embedded default's policy)")
     args = ap.parse_args()
-    common.setup_env(common.scratch("generate"))
+    root = common.scratch("generate")
+    common.setup_env(root)
     common.warm_imports()
     import pyarrow.parquet as pq
 
     from components.backends import hf
-    from components.config import GenerateConfig
+    from components.config import GenerateConfig, LoopConfig
+    from components.contract import Seeds
 
     boot = common.bootstrap()
     policy = args.policy or str(boot["policy"])
-    prompts = pq.read_table(boot["prompts"]).slice(0, args.prompts)
     cfg = GenerateConfig(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, backend=args.backend)
+    loop_seed = 1234
+    plain = common.PlainStages(LoopConfig(generate=cfg, seed=loop_seed), root / "store")
+    prompts = plain.put_table("prompts", pq.read_table(boot["prompts"]).slice(0, args.prompts))
     model, tok = hf.load_causal_lm(policy)
-    seed = 1234
+    seed = Seeds(loop_seed, 0, "generate").value  # what the stage samples with (shard 0 keeps the stage seed)
 
-    rows = alternate(args, cfg, model, tok, prompts, policy, seed)
+    rows = alternate(args, plain, cfg, model, tok, prompts, common.checkpoint_ref(policy), seed)
     med = {k: (statistics.median(c for c, _ in v), statistics.median(t for _, t in v)) for k, v in rows.items()}
     ratio = med["stage"][1] / med["raw"][1]
     ratio_decode = med["stage_decode"][1] / med["raw"][1]
@@ -110,7 +115,7 @@ def main() -> None:
         print(f"  {k:13s} {c:8.1f} completions/s {t:9.0f} tokens/s")
     print(f"stage / raw tokens/s: end to end {ratio:.3f}, decode only {ratio_decode:.3f} (target ≥ 0.95)")
 
-    scaling = batch_scaling(cfg, prompts, policy, seed)
+    scaling = batch_scaling(plain, cfg, prompts, common.checkpoint_ref(policy))
     common.emit("generate", {
         "prompts": args.prompts, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "backend": args.backend, "repeats": args.repeats,

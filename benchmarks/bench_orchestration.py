@@ -12,9 +12,11 @@ Two measures of the overhead, both printed:
 - direct: median flow wall time − median plain-loop wall time. Honest but noisy: the training stages of two
   runs of the same computation differ by ±1–3 s on a shared VM, more than the effect measured;
 - orchestration time: in each run, wall time − the time spent inside the pure stage functions (common.StageClock
-  times `components.stages.<stage>.run` on both sides), i.e. everything the flow adds (Prefect task runs, cache
-  keys and result persistence, store reads/writes and hashing, MLflow runs/metrics/registry, DVC, ledger, report)
-  measured inside one run, without the training noise; minus the same for the plain loop (its table read).
+  times `components.stages.<stage>.run` on both sides; under the stage contract a stage reads its inputs through
+  the store itself, on either side), i.e. everything the flow adds (Prefect task runs, cache keys and result
+  persistence, publishing outputs: content hashing and atomic renames, the initial policy's copy into the store,
+  MLflow runs/metrics/registry, DVC, ledger, report) measured inside one run, without the training noise; minus
+  the same for the plain loop (`common.PlainStages`: the pool read, its outputs written by name, unhashed).
   The ratio Σ stage compute (flow) / Σ stage compute (plain) says whether the stages themselves ran slower
   under the flow (contention from its background threads/processes), which the second measure would hide.
 

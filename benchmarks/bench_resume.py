@@ -143,7 +143,6 @@ def rerun_finished(loop: Loop, first: dict) -> dict:
 def kill_and_resume(loop: Loop, kill_after: float) -> dict:
     """SIGKILL iteration 1 `kill_after` s into train_policy (in a child), then resume it in this process."""
     from components.workspace import Workspace
-    from flows import iteration
 
     before = _stage_runs(loop.ws, loop.name)
     rc, _ = run_child(loop.files, loop.ws, loop.root, kill_after)

@@ -114,9 +114,11 @@ def warm_imports() -> float:
 
 class StageClock:
     """Seconds spent inside the pure stage functions (`components.stages.<stage>.run`), summed per stage while
-    active. Both the plain loop and the Prefect tasks call those functions through their module attribute (the
-    training tasks via `launch.run_stage` → `importlib`), so wrapping the attribute times exactly the shared
-    computation, in-process, on either side; the rest of a flow run is what orchestration adds."""
+    active. The plain loop (`PlainStages`) and the generic Prefect stage task (`tasks.stages.stage_task_run`,
+    through `STAGES[stage].run`) both look a stage's `run` up on its module at call time, so wrapping the module
+    attribute times exactly the shared computation, in-process, on either side; the rest of a flow run is what
+    orchestration adds. (`train_launch.mode: accelerate` runs the training stages in subprocesses, which this
+    clock cannot see: the benchmarks use the default, in_process.)"""
 
     STAGES = ("sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate")
 
@@ -159,39 +161,148 @@ def prepare_workspace(ws: Path, loop: str) -> None:
     DataRepo(w.data_repo, str(w.dvc_remote)).init()
 
 
+def checkpoint_ref(path: str | Path):
+    """A checkpoint the loop starts from, named by its path and not copied into the store (what the flow does
+    for a hub id): `Inputs.path` hands the path to the stage as it is."""
+    import hashlib
+
+    from components.artifacts import ArtifactRef
+
+    path = str(path)
+    return ArtifactRef(kind="policy", sha256=hashlib.sha256(path.encode()).hexdigest(), uri=path,
+                       meta={"hub_id": path})
+
+
+class PlainStages:
+    """The pure stage functions called directly, as `tasks.stages.stage_task_run` calls them, without Prefect,
+    MLflow, DVC or a ledger: inputs resolved through an `ArtifactStore` rooted at `work` (the stage contract
+    reads every input through one), backends built as `tasks.stages.backends_for` builds them, seeds
+    `Seeds(loop seed, iteration, stage)`.
+
+    Outputs are written where the stage's next reader finds them, by name (`<work>/runs/<n>-<stage>/`), neither
+    content-hashed nor copied into the content-addressed layout, and the initial policy is not copied either
+    (`checkpoint_ref`): publishing, hashing and registering stay on the flow's side of bench_orchestration's
+    comparison, as when the plain loop kept its tables in memory."""
+
+    def __init__(self, cfg, work: Path, *, seed: int | None = None, judge_cache: bool = True):
+        from components.artifacts import ArtifactStore
+
+        self.cfg, self.work = cfg, Path(work)
+        self.seed = cfg.seed if seed is None else seed
+        self.store = ArtifactStore(self.work)
+        self.judge_cache = self.work / "judge-cache" if judge_cache else None
+        self._n = 0
+
+    def put_table(self, kind: str, table, name: str | None = None, meta: dict | None = None):
+        """A table into the store under a readable name (no hash): an input of a later stage."""
+        import hashlib
+
+        import pyarrow.parquet as pq
+
+        from components.artifacts import ArtifactRef
+
+        self._n += 1
+        rel = Path("tables") / f"{self._n:03d}-{name or kind}.parquet"
+        (self.work / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, self.work / rel)
+        return ArtifactRef(kind=kind, sha256=hashlib.sha256(str(rel).encode()).hexdigest(), uri=str(rel),
+                           meta={"rows": table.num_rows, **(meta or {})})
+
+    def backends(self, stage: str, inputs, iteration: int, *, gold: bool, judge):
+        """What `backends_for` builds for `stage`: its models (aggregated by `ensemble:`, sampling by
+        `generate:`), the toy gold oracle where `gold`, the judge of `judge` (a JudgeConfig; None or backend none:
+        no judge) with its cache under `work`; fan-out maps run here, one job after another."""
+        from components.backends.models import Models
+        from components.contract import Backends, Seeds
+        from components.toy.gold import GoldOracle
+
+        oracle = GoldOracle() if gold else None
+        runner = None
+        if judge is not None and judge.backend != "none":
+            from components.judge import make_runner
+
+            runner = make_runner(judge, gold=oracle, seed=Seeds(self.seed, iteration, stage).sub("judge"),
+                                 cache_dir=self.judge_cache)
+        return Backends(models=Models(inputs, ensemble=self.cfg.ensemble, generate=self.cfg.generate), gold=oracle,
+                        judge=runner)
+
+    def call(self, stage: str, stage_cfg=None, *, iteration: int, gold: bool = False, judge=None, **refs):
+        """One stage function on the named input refs (a list = a tuple input, None = absent) -> its StageResult,
+        outputs not yet written. `stage_cfg` defaults to the stage's section of the loop config."""
+        import importlib
+
+        from components.contract import Inputs, Seeds
+
+        self._n += 1
+        scratch = self.work / "runs" / f"{self._n:03d}-{stage}"
+        scratch.mkdir(parents=True)
+        present = {k: (tuple(v) if isinstance(v, list) else v) for k, v in refs.items() if v}
+        inputs = Inputs(str(self.work), present, iteration, scratch=str(scratch))
+        if stage_cfg is None:
+            stage_cfg = getattr(self.cfg, {"sample_prompts": "sample"}.get(stage, stage))
+        run = importlib.import_module(f"components.stages.{stage}").run  # looked up per call: StageClock wraps it
+        return run(stage_cfg, inputs, backends=self.backends(stage, inputs, iteration, gold=gold, judge=judge),
+                   seed=Seeds(self.seed, iteration, stage))
+
+    def run(self, stage: str, stage_cfg=None, *, iteration: int, gold: bool = False, judge=None, **refs):
+        """`call`, then its outputs written where a later stage reads them -> (output refs, result)."""
+        import json
+
+        result = self.call(stage, stage_cfg, iteration=iteration, gold=gold, judge=judge, **refs)
+        out = {}
+        for name, o in result.outputs.items():
+            if o.table is not None:
+                out[name] = self.put_table(o.kind, o.table, name, o.meta)
+            elif o.dir is not None:
+                out[name] = self._ref(o.kind, o.dir, o.meta)
+            else:
+                path = self.work / "docs" / f"{self._n:03d}-{name}.json"
+                path.parent.mkdir(exist_ok=True)
+                path.write_text(json.dumps(o.doc, default=str))
+                out[name] = self._ref(o.kind, path, o.meta)
+        return out, result
+
+    def path(self, ref) -> str:
+        """Where a model output (or `checkpoint_ref`) is, as `Inputs.path` resolves it."""
+        return ref.meta["hub_id"] if "hub_id" in ref.meta else str(self.store.path(ref))
+
+    def _ref(self, kind: str, path: Path, meta: dict):
+        import hashlib
+
+        from components.artifacts import ArtifactRef
+
+        rel = str(Path(path).relative_to(self.work))
+        return ArtifactRef(kind=kind, sha256=hashlib.sha256(rel.encode()).hexdigest(), uri=rel, meta=meta)
+
+
 def plain_iteration(cfg, work: Path, iteration: int = 0) -> dict[str, float]:
-    """The first iteration's stage functions called in a plain loop: tables in memory, models in `work`,
-    no Prefect, MLflow, DVC, store or ledger. Returns seconds per stage (same keys as the flow's timings)."""
+    """The first iteration's stage functions called in a plain loop (`PlainStages`): no Prefect, MLflow, DVC,
+    content-addressed publishing or ledger. Returns seconds per stage (same keys as the flow's timings)."""
     import pyarrow.parquet as pq
 
     from components.schemas import conform
-    from components.stages import evaluate, generate, label, sample_prompts, train_policy, train_reward
-    from components.toy.gold import gold_reward
 
     t: dict[str, float] = {}
     clock = time.perf_counter
     s = clock()
-    pool = conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool)
-    prompts = sample_prompts.run(cfg.sample, pool, iteration=iteration, seed=cfg.seed)
+    plain = PlainStages(cfg, work)
+    pool = plain.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool), "pool")
+    policy = checkpoint_ref(cfg.policy_init)
+    i = iteration
+    prompts = plain.run("sample_prompts", iteration=i, pool=pool)[0]["prompts"]
     t["sample_prompts"], s = clock() - s, clock()
-    rollouts, _ = generate.run(cfg.generate, prompts, cfg.policy_init, policy_sha="plain",
-                               seed=cfg.seed * 100_003 + iteration)
+    rollouts = plain.run("generate", iteration=i, prompts=prompts, policy=policy)[0]["rollouts"]
     t["generate"], s = clock() - s, clock()
-    prefs = label.run(cfg.label, rollouts, reward_models=None, gold=gold_reward, iteration=iteration,
-                      seed=cfg.seed).preferences
+    prefs = plain.run("label", iteration=i, gold=cfg.gold == "toy", judge=cfg.label.judge,
+                      rollouts=rollouts)[0]["preferences"]
     t["label"], s = clock() - s, clock()
-    train_reward.run(cfg.train_reward, prefs, init_path=cfg.policy_init, out_dir=work / "rm", seed=cfg.seed)
-    members = [str(p) for p in sorted((work / "rm").glob("member-*"))]
+    init = checkpoint_ref(cfg.train_reward.init) if cfg.train_reward.init else policy
+    rm = plain.run("train_reward", iteration=i, preferences=[prefs], init=init)[0]["reward_model"]
     t["train_reward"], s = clock() - s, clock()
-    heldout = evaluate.heldout_prompts(pool, cfg.train_policy.probe_prompts, cfg.seed)["prompt"].to_pylist()
-    train_policy.run(cfg.train_policy, prefs, prompts=prompts["prompt"].to_pylist(), heldout_prompts=heldout,
-                     policy_path=cfg.policy_init, ref_path=cfg.policy_init, reward_models=members,
-                     aggregation=cfg.label.aggregation, uw_lambda=cfg.label.uw_lambda, out_dir=work / "policy",
-                     seed=cfg.seed + iteration)
+    candidate = plain.run("train_policy", iteration=i, preferences=prefs, policy=policy, reference=policy,
+                          prompts=prompts, pool=pool, reward_model=rm)[0]["candidate"]
     t["train_policy"], s = clock() - s, clock()
-    evaluate.run(cfg.evaluate, cfg.generate, evaluate.heldout_prompts(pool, cfg.evaluate.n_prompts, cfg.seed),
-                 candidate_path=str(work / "policy"), champion_path=cfg.policy_init, ref_path=cfg.policy_init,
-                 reward_models=members, gold=gold_reward, aggregation=cfg.label.aggregation,
-                 uw_lambda=cfg.label.uw_lambda, seed=cfg.seed)
+    plain.run("evaluate", iteration=i, gold=cfg.gold == "toy", pool=pool, candidate=candidate, champion=policy,
+              reference=policy, reward_model=rm)
     t["evaluate"] = clock() - s
     return t

@@ -29,81 +29,78 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
-import pyarrow as pa
+from common import PlainStages, checkpoint_ref  # benchmarks/common.py, which puts the repo root on sys.path
 
-from components.config import LabelConfig, load_config
-from components.judge import make_runner
-from components.stages import evaluate, generate, label, sample_prompts, train_policy, train_reward
+from components.backends.models import sample
+from components.config import load_config
+from components.contract import Seeds
+from components.stages.sample_prompts import heldout_prompts
 from components.toy.gold import gold_reward
 
 POLICIES = {"ensemble_only": None, "random": "random", "routed": "uncertainty"}
 
 
-def _members(d: Path) -> list[str]:
-    return [str(p) for p in sorted(d.glob("member-*"))]
-
-
 def _gold_of(cfg, pool, policy: str, seed: int) -> float:
-    prompts = evaluate.heldout_prompts(pool, cfg.evaluate.n_prompts, seed)
+    """Mean gold reward of the policy's samples on the fixed held-out prompts."""
+    held = Seeds(seed, 0, "evaluate").fixed("heldout")  # the evaluate stage's held-out prompts
+    texts = heldout_prompts(pool, cfg.evaluate.n_prompts, held)["prompt"].to_pylist()
     gen = cfg.generate.model_copy(update={"samples_per_prompt": max(2, cfg.evaluate.samples_per_prompt)})
-    table, _ = generate.run(gen, prompts, policy, policy_sha="bench", seed=seed + 99)
-    return float(np.mean(gold_reward(table["prompt"].to_pylist(), table["completion"].to_pylist())))
+    gens, _ = sample(gen, texts, policy, seed + 99)
+    return float(np.mean(gold_reward([texts[g.prompt_index] for g in gens], [g.completion for g in gens])))
 
 
-def _label(lcfg: LabelConfig, rollouts, rms, it, seed, select, budget):
+def _label(plain: PlainStages, cfg, rollouts, rm, it, select, budget):
+    """The label stage on `rollouts` with the ensemble `rm`; `select` None = no judge, else the toy judge
+    choosing pairs by `select` within `budget` calls. Both see the same seed, so the same pairs are built."""
     judge = None
     if select is not None:
-        lcfg = lcfg.model_copy(update={"judge": lcfg.judge.model_copy(
-            update={"backend": "toy", "select": select, "budget": budget})})
-        judge = make_runner(lcfg.judge, gold=gold_reward, seed=seed)
-    return label.run(lcfg, rollouts, reward_models=rms, gold=gold_reward, iteration=it, seed=seed, judge=judge)
+        judge = cfg.label.judge.model_copy(update={"backend": "toy", "select": select, "budget": budget})
+    refs, result = plain.run("label", iteration=it, gold=True, judge=judge, rollouts=rollouts, reward_model=rm)
+    return refs["preferences"], result
 
 
 def run_seed(cfg, pool, args, seed: int, work: Path) -> dict[str, dict]:
-    init = cfg.policy_init
-    prompts0 = sample_prompts.run(cfg.sample, pool, iteration=0, seed=seed)
-    roll0, _ = generate.run(cfg.generate, prompts0, init, policy_sha="init", seed=seed * 1000)
-    seed_prefs = label.run(cfg.label, roll0, reward_models=None, gold=gold_reward, iteration=0, seed=seed).preferences
-    rm0 = work / f"s{seed}-rm0"
-    train_reward.run(cfg.train_reward, seed_prefs, init_path=init, out_dir=rm0, seed=seed)
-    start_gold = _gold_of(cfg, pool, init, seed)
+    # no judge cache: each policy's judge pays for its own calls, as it would in its own loop
+    plain = PlainStages(cfg, work / f"s{seed}", seed=seed, judge_cache=False)
+    init = checkpoint_ref(cfg.policy_init)
+    pool_ref = plain.put_table("prompts", pool, "pool")
+    prompts0 = plain.run("sample_prompts", iteration=0, pool=pool_ref)[0]["prompts"]
+    roll0 = plain.run("generate", iteration=0, prompts=prompts0, policy=init)[0]["rollouts"]
+    seed_prefs = plain.run("label", iteration=0, gold=True, rollouts=roll0)[0]["preferences"]
+    rm0 = plain.run("train_reward", iteration=0, preferences=[seed_prefs], init=init)[0]["reward_model"]
+    start_gold = _gold_of(cfg, pool, cfg.policy_init, seed)
     results = {}
     for name, select in POLICIES.items():
-        policy, rms, history = init, _members(rm0), [seed_prefs]
+        policy, rm, history = init, rm0, [seed_prefs]
         acc = {"kept": 0, "correct": 0, "calls": 0, "judge_correct": 0, "gain": 0, "seconds": 0.0}
         for it in range(1, args.iterations + 1):
             t0 = time.perf_counter()
-            prompts = sample_prompts.run(cfg.sample, pool, iteration=it, seed=seed)
-            roll, _ = generate.run(cfg.generate, prompts, policy, policy_sha=f"{name}-{it}", seed=seed * 1000 + it)
-            out = _label(cfg.label, roll, rms, it, seed, select, args.budget)
-            base = out if select is None else _label(cfg.label, roll, rms, it, seed, None, 0)
-            m, p = out.metrics, out.preferences
+            prompts = plain.run("sample_prompts", iteration=it, pool=pool_ref)[0]["prompts"]
+            roll = plain.run("generate", iteration=it, prompts=prompts, policy=policy)[0]["rollouts"]
+            prefs, out = _label(plain, cfg, roll, rm, it, select, args.budget)
+            base = out if select is None else _label(plain, cfg, roll, rm, it, None, 0)[1]
+            m, p = out.metrics, out.outputs["preferences"].table
             g = np.asarray(gold_reward(p["prompt"].to_pylist(), p["chosen"].to_pylist())) - np.asarray(
                 gold_reward(p["prompt"].to_pylist(), p["rejected"].to_pylist()))
             by_judge = np.asarray(p["label_source"].to_pylist()) == "judge"
+            calls = int(m.get("label/judge_calls", 0))
             acc["kept"] += p.num_rows
             acc["correct"] += int((g > 0).sum())
-            acc["calls"] += int(m.get("judge_calls", 0))
+            acc["calls"] += calls
             acc["judge_correct"] += int((g[by_judge] > 0).sum())
-            acc["gain"] += int((g > 0).sum()) - int(base.metrics.get("correct_pairs", 0))
-            history.append(p)
-            rm_dir = work / f"s{seed}-{name}-rm{it}"
-            rm = train_reward.run(cfg.train_reward, pa.concat_tables(history), init_path=init, out_dir=rm_dir,
-                                  seed=seed, previous=rms)
-            rms = _members(rm_dir) if rm.get("accepted", 1.0) else rms  # a regressed ensemble is not used
-            pol_dir = work / f"s{seed}-{name}-pi{it}"
-            train_policy.run(cfg.train_policy, p, prompts=prompts["prompt"].to_pylist(), heldout_prompts=[],
-                             policy_path=policy, ref_path=init, reward_models=rms,
-                             aggregation=cfg.label.aggregation, uw_lambda=cfg.label.uw_lambda, out_dir=pol_dir,
-                             seed=seed + it)
-            policy = str(pol_dir)
+            acc["gain"] += int((g > 0).sum()) - int(base.metrics.get("label/correct_pairs", 0))
+            history.append(prefs)
+            new_rm, trained = plain.run("train_reward", iteration=it, preferences=history, init=init, previous=rm)
+            if trained.metrics["train_reward/accepted"]:  # a regressed ensemble is not used
+                rm = new_rm["reward_model"]
+            policy = plain.run("train_policy", iteration=it, preferences=prefs, policy=policy, reference=init,
+                               prompts=prompts, reward_model=rm)[0]["candidate"]  # no `pool`: no probe
             acc["seconds"] += time.perf_counter() - t0
-            print(f"  seed {seed} {name:13s} iter {it}: kept {p.num_rows:4d} oriented {m['oriented_correctly']:.3f}"
-                  f" calls {m.get('judge_calls', 0):3d} judge-labelled {int(by_judge.sum()):3d}"
-                  f" rm-judge agreement {m.get('rm_judge_agreement', float('nan')):.2f}", flush=True)
-        acc["gold"], acc["start_gold"] = _gold_of(cfg, pool, policy, seed), start_gold
+            print(f"  seed {seed} {name:13s} iter {it}: kept {p.num_rows:4d} oriented "
+                  f"{m['label/oriented_correctly']:.3f} calls {calls:3d} judge-labelled {int(by_judge.sum()):3d}"
+                  f" rm-judge agreement {m.get('label/rm_judge_agreement', float('nan')):.2f}", flush=True)
+        acc["gold"], acc["start_gold"] = _gold_of(cfg, pool, plain.path(policy), seed), start_gold
         results[name] = acc
     return results
 
@@ -121,7 +118,9 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     import pyarrow.parquet as pq
 
-    pool = pq.read_table(cfg.prompt_pool)
+    from components.schemas import conform
+
+    pool = conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool)
     work = Path(tempfile.mkdtemp(prefix="alignloop-bench-labeling-"))
     print(f"config {args.config} + {args.overrides}; budget {args.budget} calls/iteration; work dir {work}")
     rows: dict[str, list[dict]] = {k: [] for k in POLICIES}

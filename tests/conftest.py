@@ -81,6 +81,17 @@ def stage_inputs(tmp_path):
     """stage_inputs(iteration=0, **named) -> `components.contract.Inputs` in a store under tmp_path: a table is
     stored as the kind its name implies (schema columns it lacks filled with defaults: hand-built test data), a list
     of tables as a tuple of refs, a str path as a model input loaded from that path (not copied)."""
+    return stage_inputs_under(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def stage_inputs_at():
+    """stage_inputs_at(root) -> the `stage_inputs` builder with its store under `root`: for module- or
+    session-scoped fixtures (e.g. with a root from tmp_path_factory), which cannot use the per-test fixture."""
+    return stage_inputs_under
+
+
+def stage_inputs_under(tmp_path: Path):
     import hashlib
 
     import pyarrow as pa

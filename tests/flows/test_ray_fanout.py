@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.config import FanoutConfig, GenerateConfig, RewardConfig
+from components.config import EnsembleConfig, FanoutConfig, GenerateConfig, RewardConfig
+from components.contract import Backends, Seeds
 
-RM = RewardConfig(members=2, epochs=1, batch_size=16, learning_rate=1e-3, heldout_frac=0.2)
+RM = RewardConfig(epochs=1, batch_size=16, learning_rate=1e-3, heldout_frac=0.2)
+TWO = EnsembleConfig(members=2)
 KEY = "transformer.h.0.attn.c_attn.weight"
 
 
@@ -57,7 +59,13 @@ def local_ray():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_ensemble_members_train_on_ray_workers(prefect_backend, tiny_bootstrap, local_ray, tmp_path):
+def _backends(inputs, **kw) -> Backends:
+    from components.backends.models import Models
+
+    return Backends(models=Models(inputs, ensemble=TWO), **kw)
+
+
+def test_ensemble_members_train_on_ray_workers(prefect_backend, tiny_bootstrap, local_ray, stage_inputs):
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -66,21 +74,27 @@ def test_ensemble_members_train_on_ray_workers(prefect_backend, tiny_bootstrap, 
     from tasks.fanout import ray_map
 
     prefs, init = _preferences(tiny_bootstrap["prompts"]), str(tiny_bootstrap["policy"])
+    ray_inputs, local_inputs = (stage_inputs(preferences=[prefs], init=init) for _ in range(2))
+    seed = Seeds(0, 0, "train_reward")
     returned = []  # what the Ray tasks handed back, before the stage keeps its metrics
 
     def on_ray(train, jobs):
         returned.extend(ray_map(FanoutConfig(task_runner="ray"))(train, jobs))
         return returned
 
+    # built out here: the flow's closure travels to the Ray workers, which cannot import this test module
+    on_ray_backends = _backends(ray_inputs, map_members=on_ray)
+
     @flow
     def fan_out():
         from prefect.runtime import flow_run
 
-        return flow_run.id, train_reward.run(RM, prefs, init_path=init, out_dir=tmp_path / "ray", seed=0,
-                                             map_members=on_ray)
+        return flow_run.id, train_reward.run(RM, ray_inputs, backends=on_ray_backends, seed=seed)
 
-    run_id, on_workers = fan_out()
-    sequential = train_reward.run(RM, prefs, init_path=init, out_dir=tmp_path / "local", seed=0)
+    run_id, ray_result = fan_out()
+    local_result = train_reward.run(RM, local_inputs, backends=_backends(local_inputs), seed=seed)
+    on_workers, sequential = ray_result.metrics, local_result.metrics
+    ray_dir, local_dir = ray_result.outputs["reward_model"].dir, local_result.outputs["reward_model"].dir
 
     # trained in Ray worker processes, as Prefect task runs of the flow
     assert len(returned) == 2 and all(r["worker_pid"] != os.getpid() for r in returned), returned
@@ -90,14 +104,15 @@ def test_ensemble_members_train_on_ray_workers(prefect_backend, tiny_bootstrap, 
     assert len(members) == 2 and all(r.state.is_completed() for r in members), [(r.name, r.state) for r in runs]
 
     # the same ensemble as the sequential path: same members, trained away from init and apart, same metrics
-    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["member-0", "member-1"]
+    assert sorted(p.name for p in ray_dir.iterdir()) == ["member-0", "member-1"]
     assert on_workers.keys() == sequential.keys()
     init_w = _weights(Path(init))[KEY]
-    w = [_weights(tmp_path / "ray" / f"member-{k}")[KEY] for k in range(2)]
+    w = [_weights(ray_dir / f"member-{k}")[KEY] for k in range(2)]
     assert not (w[0] == init_w).all() and not (w[1] == init_w).all() and not (w[0] == w[1]).all()
     for k in range(2):  # same seeds and data; a tolerance only for thread-count-dependent float sums
-        np.testing.assert_allclose(w[k], _weights(tmp_path / "local" / f"member-{k}")[KEY], rtol=1e-5, atol=1e-6)
-        assert on_workers[f"member_{k}/train_loss"] == pytest.approx(sequential[f"member_{k}/train_loss"], rel=1e-5)
+        np.testing.assert_allclose(w[k], _weights(local_dir / f"member-{k}")[KEY], rtol=1e-5, atol=1e-6)
+        loss = f"train_reward/member_{k}/train_loss"
+        assert on_workers[loss] == pytest.approx(sequential[loss], rel=1e-5)
 
 
 def test_ray_fanout_needs_in_process_training():
@@ -116,19 +131,27 @@ def _prompts(pool: Path, n: int = 5) -> pa.Table:
     return pq.read_table(pool).select(["prompt_id", "prompt"]).slice(0, n)
 
 
-def test_one_shard_is_the_unsharded_generation(tiny_bootstrap):
+def _generate(cfg, inputs, **kw):
+    """(rollouts, metrics) of the generate stage, stage seed of loop seed 7."""
     from components.stages import generate
 
+    out = generate.run(cfg, inputs, backends=Backends(**kw), seed=Seeds(7, 0, "generate"))
+    return out.outputs["rollouts"].table, out.metrics
+
+
+def test_one_shard_is_the_unsharded_generation(tiny_bootstrap, stage_inputs):
+    from components.backends import models
+
     prompts, policy = _prompts(tiny_bootstrap["prompts"]), str(tiny_bootstrap["policy"])
-    table, stats = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7)
-    gens, _ = models.sample(GEN, prompts["prompt"].to_pylist(), policy, 7)
-    assert stats["shards"] == 1
+    table, stats = _generate(GEN, stage_inputs(prompts=prompts, policy=policy))
+    gens, _ = models.sample(GEN, prompts["prompt"].to_pylist(), policy, Seeds(7, 0, "generate").value)
+    assert stats["generate/shards"] == 1
     assert table["completion"].to_pylist() == [g.completion for g in gens]
     assert table["num_tokens"].to_pylist() == [g.num_tokens for g in gens]
     assert table["prompt_id"].to_pylist() == [prompts["prompt_id"][g.prompt_index].as_py() for g in gens]
 
 
-def test_generation_shards_sample_on_ray_workers(prefect_backend, tiny_bootstrap, local_ray):
+def test_generation_shards_sample_on_ray_workers(prefect_backend, tiny_bootstrap, local_ray, stage_inputs):
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -137,21 +160,24 @@ def test_generation_shards_sample_on_ray_workers(prefect_backend, tiny_bootstrap
     from tasks.fanout import ray_shard_map
 
     prompts, policy = _prompts(tiny_bootstrap["prompts"]), str(tiny_bootstrap["policy"])
+    inputs = stage_inputs(prompts=prompts, policy=policy)
+    two = GEN.model_copy(update={"shards": 2})
     returned = []  # what the Ray tasks handed back, before the stage builds the table
 
     def on_ray(fn, jobs):
-        returned.extend(ray_shard_map(FanoutConfig(task_runner="ray", generate_shards=2))(fn, jobs))
+        returned.extend(ray_shard_map(FanoutConfig(task_runner="ray"))(fn, jobs))
         return returned
 
     @flow
-    def fan_out():
+    def fan_out():  # no function of this module inside: the closure travels to the Ray workers
         from prefect.runtime import flow_run
 
-        return flow_run.id, generate.run(GEN, prompts, policy, policy_sha="abc", seed=7, shards=2, map_shards=on_ray)
+        out = generate.run(two, inputs, backends=Backends(map_shards=on_ray), seed=Seeds(7, 0, "generate"))
+        return flow_run.id, (out.outputs["rollouts"].table, out.metrics)
 
     run_id, (on_workers, stats) = fan_out()
-    sequential, _ = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7, shards=2)
-    unsharded, _ = generate.run(GEN, prompts, policy, policy_sha="abc", seed=7)
+    sequential, _ = _generate(two, inputs)
+    unsharded, _ = _generate(GEN, inputs)
 
     # sampled in Ray worker processes, as Prefect task runs of the flow: shards of 2 and 3 prompts
     assert len(returned) == 2 and all(s["worker_pid"] != os.getpid() for _, s in returned), returned
@@ -162,7 +188,7 @@ def test_generation_shards_sample_on_ray_workers(prefect_backend, tiny_bootstrap
     assert len(shards) == 2 and all(r.state.is_completed() for r in shards), [(r.name, r.state) for r in runs]
 
     # the unsharded table's rows, schema and prompt order; the same rollouts as the 2 shards sampled here
-    assert on_workers.schema == unsharded.schema and stats["shards"] == 2
+    assert on_workers.schema == unsharded.schema and stats["generate/shards"] == 2
     ids, texts = prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()
     assert on_workers["prompt_id"].to_pylist() == [i for i in ids for _ in range(GEN.samples_per_prompt)]
     assert on_workers["prompt"].to_pylist() == [t for t in texts for _ in range(GEN.samples_per_prompt)]

@@ -125,5 +125,5 @@ def test_openai_judge_retries_then_reports_transport_errors():
     judge = OpenAIJudge(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=5)
     runner = JudgeRunner(judge, rubric_version="v1", budget=10, max_retries=2, backoff_s=0.01)
     assert runner.judge_pairs(*PAIRS) == ["inconsistent", "inconsistent"]
-    assert runner.stats()["judge_errors"] == 4 and all(t["attempts"] == 3 for t in runner.transcript)
+    assert runner.stats()["label/judge_errors"] == 4 and all(t["attempts"] == 3 for t in runner.transcript)
     assert runner.cache.entries == {}

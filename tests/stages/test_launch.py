@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from components.artifacts import ArtifactStore
-from components.backends.launch import accelerate_command, run_stage
-from components.config import LaunchConfig, PolicyConfig
+from components.backends.launch import accelerate, accelerate_command
+from components.config import EnsembleConfig, LaunchConfig, PolicyConfig
+from components.contract import Seeds
 
 
 def _sha(path: Path) -> str:
@@ -34,21 +34,20 @@ def test_command_passes_settings_through(tmp_path):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_dpo_stage_runs_under_accelerate_launch(tiny_policy, tmp_path, processes):
-    store = ArtifactStore(tmp_path / "store")
+def test_dpo_stage_runs_under_accelerate_launch(tiny_policy, stage_inputs, processes):
     n = 16
     prefs = pa.table({
         "pair_id": [f"pair{i}" for i in range(n)], "prompt": ["review pizza crust :"] * n,
         "chosen": [" the crust was great ."] * n, "rejected": [" the crust was bad bad bad ."] * n,
         "margin": [1.0] * n, "uncertainty": [0.0] * n, "agreement": [1.0] * n, "label_source": ["gold"] * n,
         "iteration": [0] * n})
-    ref = store.put_table("preferences", prefs)
-    out = tmp_path / "candidate"
+    inputs = stage_inputs(preferences=prefs, policy=tiny_policy, reference=tiny_policy)
     launch = LaunchConfig(mode="accelerate", num_processes=processes)
-    metrics = run_stage("train_policy", PolicyConfig(batch_size=8, learning_rate=1e-3), launch, store, [ref],
-                        policy_path=tiny_policy, ref_path=tiny_policy, out_dir=out, seed=0, prompts=[],
-                        heldout_prompts=[], reward_models=None)
-    assert metrics["pairs"] == n  # metrics came back from the subprocess's rank 0
+    result = accelerate("train_policy", PolicyConfig(batch_size=8, learning_rate=1e-3), inputs, EnsembleConfig(),
+                        None, Seeds(0, 0, "train_policy"), launch)
+    assert result.metrics["train_policy/pairs"] == n  # metrics came back from the subprocess's rank 0
+    out = result.outputs["candidate"].dir
+    assert out == inputs.out_dir("candidate")  # where the stage was asked to save it
     assert (out / "model.safetensors").exists() and _sha(out) != _sha(tiny_policy)
     from transformers import AutoModelForCausalLM
 

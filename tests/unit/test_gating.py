@@ -98,7 +98,8 @@ gate:
     m = _metrics(**{"evaluate/candidate/gold_reward": 1.0, "evaluate/champion/gold_reward": 0.5})
     d = decide(m, gate)
     assert d.promote and [c.name for c in d.checks] == ["gold_gain", "kl_drift"]
-    assert d.warnings == ["kl_drift: evaluate/candidate/kl (ratio vs champion) = 2 (needs <= 1.5)"]  # 1.0 / 0.5, advisory
+    # 1.0 / 0.5, advisory
+    assert d.warnings == ["kl_drift: evaluate/candidate/kl (ratio vs champion) = 2 (needs <= 1.5)"]
     assert not decide({**m, "evaluate/candidate/gold_reward": 0.55}, gate).promote
     with pytest.raises(KeyError, match=r"gold_gain.*no metric 'evaluate/candidate/gold_reward'"):
         decide(_metrics(), gate)
