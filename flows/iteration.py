@@ -154,7 +154,8 @@ def _start_state(cfg: LoopConfig, ws: Workspace, store: ArtifactStore, tracker: 
     # human labels imported since (alignloop labels import) join this iteration's preferences, once
     consumed = {h["sha256"] for d in earlier if d["iteration"] != i and d.get("status") != "failed"
                 for h in d.get("start", {}).get("human_labels", [])}
-    ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(), "champion": champ_ref.model_dump(),
+    ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(),
+                       "champion": champ_ref.model_dump(),
                        "champion_version": str(champ.version),  # int from SQLite, str from a server
                        "reward_model": prev["outputs"]["reward_model"] if prev else None,
                        "human_labels": [r.model_dump() for r in pending_imports(ws, consumed)]}

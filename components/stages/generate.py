@@ -24,6 +24,7 @@ import pyarrow as pa
 from components.config import GenerateConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult, derive_seed
 
+
 def rollout_id(policy_sha: str, prompt_id: str, sample_index: int, seed: int) -> str:
     return hashlib.sha256(f"{policy_sha}|{prompt_id}|{sample_index}|{seed}".encode()).hexdigest()[:32]
 

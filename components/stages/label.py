@@ -14,8 +14,8 @@ Labelers (label.labeler):
   by the gold oracle (label_source = gold): the human seed data the reward models start from.
 - `gold`: the oracle labels best-vs-worst pairs for every prompt (the upper bound).
 Human labels imported with `alignloop labels import` are appended as they are (label_source = human).
-Where a gold oracle exists, `label/oriented_correctly` (and `label/oriented_correctly/<source>`) report the share of kept
-pairs that gold agrees with: diagnostics only, never used to choose labels.
+Where a gold oracle exists, `label/oriented_correctly` (and `label/oriented_correctly/<source>`) report the share
+of kept pairs that gold agrees with: diagnostics only, never used to choose labels.
 """
 
 from __future__ import annotations

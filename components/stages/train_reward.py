@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from components.config import RewardConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult
