@@ -1,7 +1,11 @@
-"""Thin Prefect tasks, one per stage: load artifacts, call the pure stage, publish outputs, track in MLflow.
+"""Thin Prefect tasks: one generic stage task (`stage_task_run`) for every pure stage of components/stages, plus
+the gate (registry) and version (DVC) tasks.
 
-Policies live here only: retries, and the cache key = task name + input artifact ids + stage config +
-seed + workspace + code version. A re-run of a finished iteration therefore recomputes nothing (the
+The stage task resolves a stage's input refs through the store (`Inputs`), builds its backends from its `Setup`
+(`backends_for`: models, gold, judge, Ray fan-out), runs it here or under `accelerate launch`, publishes every
+output of its `StageResult` (`publish`), runs the stage's registry/queue step (`AFTER`) and logs its metrics to
+its MLflow child run. Policies live here only: retries, and the cache key = task name + input artifact ids +
+stage config + setup + seed + workspace + code version. A re-run of a finished iteration therefore recomputes nothing (the
 persisted result is the output ArtifactRef), and a run killed mid-stage resumes at that stage. MLflow
 child runs are opened inside the task body, so a cached stage never creates a duplicate run.
 """
