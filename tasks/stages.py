@@ -155,8 +155,8 @@ def backends_for(ctx: RunContext, stage: str, setup: Setup, inputs: Inputs) -> B
 
 
 def publish(store: ArtifactStore, result: StageResult, parents: list[ArtifactRef]) -> dict[str, ArtifactRef]:
-    """Every output of `result` into the store (atomically, content-addressed), documents last: they record the
-    ids of the stage's other outputs (an evaluation report names its samples)."""
+    """Every output of `result` into the store (atomically, content-addressed), in the stage's order, documents
+    last: they record the ids of the stage's other outputs (an evaluation report names its samples)."""
     refs: dict[str, ArtifactRef] = {}
     for name, out in sorted(result.outputs.items(), key=lambda kv: kv[1].doc is not None):
         if out.table is not None:

@@ -164,11 +164,11 @@ def run(cfg: LabelConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) ->
     scores = pa.table({"rollout_id": [r[0] for r in score_rows], "scorer": [r[1] for r in score_rows],
                        "score": [r[2] for r in score_rows]})
     mix = {k: metrics[k] for k in MIX if k in metrics and metrics[k] == metrics[k]}
-    outputs = {"preferences": Output("preferences", table, meta={"iteration": iteration, "label": mix}),
-               "scores": Output("scores", scores)}
-    if judge is not None and judge.transcript:
+    outputs = {"scores": Output("scores", scores)}  # published in this order: the preferences, the stage's result,
+    if judge is not None and judge.transcript:       # last
         d = inputs.out_dir("judge_transcript")
         d.mkdir(parents=True)
         (d / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in judge.transcript))
         outputs["judge_transcript"] = Output("judge_transcript", dir=d)
+    outputs["preferences"] = Output("preferences", table, meta={"iteration": iteration, "label": mix})
     return StageResult(outputs=outputs, metrics=metrics, records={"human_queue": queue} if queue else {})

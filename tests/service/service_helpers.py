@@ -17,11 +17,11 @@ def service_config(tmp_path: Path, boot: dict, name: str, **extra) -> Path:
         "sample": {"n_prompts": 12},
         "generate": {"samples_per_prompt": 2, "max_new_tokens": 12, "batch_size": 64},
         "label": {"seed_gold_pairs": 24, "min_margin_over_std": 0.5},
-        "train_reward": {"members": 2, "epochs": 1, "learning_rate": 1e-4},
-        "train_policy": {"batch_size": 8},
-        "evaluate": {"n_prompts": 4, "samples_per_prompt": 2, "bootstrap_resamples": 100,
-                     "gate": {"min_win_rate_lower": 0.0, "max_kl": 1e6, "max_length_ratio": 100,
-                              "heldout_judge": "none"}},
+        "ensemble": {"members": 2},
+        "train_reward": {"epochs": 1, "learning_rate": 1e-4},
+        "train_policy": {"batch_size": 4},  # ≥ 2 optimizer steps: the first is warm-up (lr 0)
+        "evaluate": {"n_prompts": 4, "samples_per_prompt": 2, "bootstrap_resamples": 100},
+        "gate": {"min_win_rate_lower": 0.0, "max_kl": 1e6, "max_length_ratio": 100, "heldout_judge": "none"},
         **extra,
     }
     path = tmp_path / f"{name}.yaml"

@@ -52,7 +52,7 @@ def test_two_iterations_on_the_stack(tmp_path, tiny_bootstrap, stack_env):
     parents = [x for x in client.search_runs([exp.experiment_id]) if x.data.tags["alignloop.stage"] == "iteration"]
     assert sorted(x.data.tags["alignloop.iteration"] for x in parents) == ["0", "1"]
     assert all(x.info.status == "FINISHED" for x in parents)
-    assert len(client.search_model_versions("name = 'policy'")) == 3
+    assert len(client.search_model_versions("name = 'policy'")) == 3, r.stdout
 
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id=secrets["AWS_ACCESS_KEY_ID"],
