@@ -109,7 +109,9 @@ def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> 
     models, gold = backends.models, backends.gold
     prompts = heldout_prompts(inputs.table("pool"), cfg.n_prompts, seed.fixed("heldout"))
     regression = regression_pairs(cfg, prompts, seed.fixed("regression"))
-    sampling = seed.value  # the same for both sides: paired samples per prompt
+    # the same for both sides (paired samples per prompt) and in every iteration, so a model evaluated as candidate
+    # and again as champion gets the same numbers, and iterations stay comparable
+    sampling = seed.fixed("evaluate")
     scored = {side: _sample_and_score(side, models, prompts, cfg.samples_per_prompt, sampling, gold, regression)
               for side in SIDES}
     side = {name: s for name, (s, _) in scored.items()}
@@ -120,7 +122,7 @@ def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> 
                      "mean_tokens": float(np.mean(s["num_tokens"])),
                      "regression_logp": scored[name][1]} for name, s in side.items()}
     groups = np.asarray(cand["prompt_id"])
-    wr = dict(confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=seed.sub("bootstrap"))
+    wr = dict(confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=seed.fixed("evaluate/bootstrap"))
     n = len(cand["completion"])
     lengths = np.concatenate([cand["num_tokens"], champ["num_tokens"]])
     signals = {"proxy": "proxy_reward", **({"heldout": "gold_reward"} if gold is not None else {})}
