@@ -8,7 +8,7 @@
 - `backends`: what the stage computes with, injected: the models of its inputs (`components.backends.models`,
   which decides device and dtype and loads each model once per stage), the gold oracle, the judge, and where
   fan-out work runs. A stage never constructs a backend from a path.
-- `seed`: `Seeds`, derived once per (loop seed, iteration, stage) by `SeedSequence`.
+- `seed`: `Seeds` (components/seeds.py), derived once per (loop seed, iteration, stage) by `SeedSequence`.
 - `StageResult`: the stage's outputs (tables, model directories, JSON documents), its metrics, already named
   `stage/metric` where they are computed (the same strings MLflow, gate specs and docs use), and trajectories.
   One generic Prefect task (tasks/stages.py) publishes any StageResult.
@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,40 +24,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from components.seeds import Seeds, derive_seed  # noqa: F401 - the stage contract's seed type, re-exported
+
 if TYPE_CHECKING:  # pyarrow and the store only for annotations: importing this module stays cheap
     import pyarrow as pa
 
     from components.artifacts import ArtifactRef, ArtifactStore
     from components.judge import JudgeRunner
-
-
-# ---- seeds ----------------------------------------------------------------------------------------------------
-def derive_seed(*keys: int | str) -> int:
-    """One 32-bit seed from SeedSequence(keys); strings enter as their CRC-32, so (seed, iteration, stage) never
-    collides across seeds the way `seed + iteration` did."""
-    return int(np.random.SeedSequence([k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys])
-               .generate_state(1)[0])
-
-
-@dataclass(frozen=True)
-class Seeds:
-    """The seeds of one stage run: `value` for this (loop seed, iteration, stage); `fixed(purpose)` for what must
-    stay the same across iterations (the held-out prompt set, the sampling order of the pool)."""
-
-    loop: int
-    iteration: int
-    stage: str
-
-    @property
-    def value(self) -> int:
-        return derive_seed(self.loop, self.iteration, self.stage)
-
-    def sub(self, *keys: int | str) -> int:
-        """A seed for one part of the stage (member k, shard s, a purpose)."""
-        return derive_seed(self.loop, self.iteration, self.stage, *keys)
-
-    def fixed(self, purpose: str) -> int:
-        return derive_seed(self.loop, purpose)
 
 
 # ---- inputs and results ---------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ The stage task resolves a stage's input refs through the store (`Inputs`), build
 (`backends_for`: models, gold, judge, Ray fan-out), runs it here or under `accelerate launch`, publishes every
 output of its `StageResult` (`publish`), runs the stage's registry/queue step (`AFTER`) and logs its metrics to
 its MLflow child run. Policies live here only: retries, and the cache key = task name + input artifact ids +
-stage config + setup + seed + workspace + code version. A re-run of a finished iteration therefore recomputes nothing (the
-persisted result is the output ArtifactRef), and a run killed mid-stage resumes at that stage. MLflow
-child runs are opened inside the task body, so a cached stage never creates a duplicate run.
+stage config + setup + seed + workspace + code version. A re-run of a finished iteration therefore recomputes
+nothing (the persisted result is the output ArtifactRef), and a run killed mid-stage resumes at that stage.
+MLflow child runs are opened inside the task body, so a cached stage never creates a duplicate run.
 """
 
 from __future__ import annotations

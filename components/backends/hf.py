@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.seeds import derive_seed
+
 
 def _device(device: str | None) -> str:
     import torch
@@ -51,10 +53,6 @@ class Generation:
     sample_index: int  # 0..n-1
     completion: str  # decoded new tokens, starting with a space; `prompt + completion` is the full text
     num_tokens: int  # generated tokens up to and including eos (padding excluded)
-
-
-def _batch_seed(seed: int, batch: int) -> int:
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
 
 
 def _decode_completion(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
@@ -160,7 +158,7 @@ def generate(
     try:
         for b, start in enumerate(range(0, len(jobs), batch_size)):
             out += _sample_batch(model, tokenizer, prompts, jobs[start : start + batch_size], gen_cfg,
-                                 _batch_seed(seed, b))
+                                 derive_seed(seed, b))
     finally:
         tokenizer.padding_side = side
     seconds = time.perf_counter() - t0

@@ -19,9 +19,8 @@ from __future__ import annotations
 import gc
 import time
 
-import numpy as np
-
 from components.backends.hf import Generation, _decode_completion, forbidden_token_ids
+from components.seeds import derive_seed
 
 FORBIDDEN_LOGIT_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]: -100 takes a token's probability to ~0
 
@@ -39,11 +38,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _prompt_seed(seed: int, prompt_index: int) -> int:
-    # one seeded request per prompt: the same call gives the same samples whatever vLLM's batching does
-    return int(np.random.SeedSequence([seed, prompt_index]).generate_state(1)[0])
-
-
 def engine_args(policy_path: str, *, seed: int, gpu_memory_utilization: float) -> dict:
     """`vllm.LLM` keyword arguments: weights and tokenizer both from the checkpoint path given, now."""
     return {"model": policy_path, "tokenizer": policy_path, "seed": seed,
@@ -59,7 +53,8 @@ def sampling_args(n_prompts: int, n: int, *, max_new_tokens: int, temperature: f
     return [
         {"n": n, "temperature": temperature, "top_p": top_p, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
          "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": max_new_tokens,
-         "seed": _prompt_seed(seed, i), "stop_token_ids": [eos_id],
+         # one seeded request per prompt: the same call gives the same samples whatever vLLM's batching does
+         "seed": derive_seed(seed, i), "stop_token_ids": [eos_id],
          "logit_bias": {t: FORBIDDEN_LOGIT_BIAS for t in forbidden} or None}
         for i in range(n_prompts)
     ]
