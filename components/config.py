@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from components.config_gate import GateCheck, GateConfig  # noqa: F401 - re-exported: `gate:`
 
 
 class ConfigError(ValueError):
@@ -74,25 +76,61 @@ class JudgeConfig(_Frozen):
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="openai: name of the environment variable holding the API key (never logged)."
     )
-    rubric_version: str = Field(
-        "v1", description="Version of the rubric prompt; part of the cache key, bump it when the rubric changes."
+    rubric: str = Field(
+        "configs/rubrics/toy.md",
+        description="Rubric template file (relative paths: from the current directory, else the repository root):"
+        " Jinja when it ends in .j2/.jinja or uses {{ }}, else a Python format string, filled with {prompt} (the"
+        " conversation), {response_a} and {response_b}; it must ask for a final [[A]], [[B]] or [[tie]] (the only"
+        " answers read as verdicts). Its content's sha256 (with the system prompt) is part of the cache key. The"
+        " default is the toy task's; configs/real/judge-rubric.md is a general helpfulness/harmlessness rubric.",
+    )
+    system_prompt: str | None = Field(
+        None, description="hf/openai: system prompt shown before the rubric: inline text, or a file when it is one"
+        " line ending in .md/.txt/.j2/.jinja (resolved like `rubric`); None = none."
     )
     budget: int = Field(200, ge=0, description="Judge calls allowed per iteration (each pair costs 2: both orders;"
                         " cache hits are free).")
+    budget_tokens: int | None = Field(
+        None, ge=0, description="Judge tokens (usage.total_tokens of the replies) allowed per iteration; a pair is"
+        " started only while the spend is below it (calls in flight may pass it by `concurrency` calls). None ="
+        " unlimited; local judges report 0 tokens."
+    )
     select: Literal["uncertainty", "random"] = Field(
         "uncertainty",
         description="Which pairs spend the budget: uncertainty = the routed (uncertain) pairs, least certain first;"
         " random = a random sample of all built pairs (the baseline routing is measured against).",
     )
     concurrency: int = Field(4, ge=1, description="Judge calls in flight at once.")
-    max_retries: int = Field(3, ge=0, description="Retries of a call after a transport error or HTTP 429/5xx.")
-    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles on every retry.")
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a call after a connection error, timeout or HTTP 429/5xx (then the pair"
+        " stays uncertain). HTTP 400/413 (too long) and unreadable replies are not retried."
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="First retry delay; doubles on every retry, +0-25% jitter, at least Retry-After."
+    )
+    give_up_after: int = Field(
+        8, ge=0, description="Consecutive questions failed after all retries before the judge counts as down for the"
+        " iteration: the rest is not asked (its pairs stay uncertain; the stage finishes with a warning). 0 = never."
+    )
     timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout in seconds.")
-    max_tokens: int = Field(4, ge=1, description="openai: tokens the judge may generate for its verdict.")
+    max_tokens: int = Field(
+        512, ge=1, description="openai: tokens the judge may generate: room for its reasoning before the final"
+        " [[A]]/[[B]]/[[tie]] (a reply cut off before it is no verdict)."
+    )
     noise: float = Field(0.1, ge=0, le=0.5, description="toy: probability that a verdict is flipped (label noise).")
     position_bias: float = Field(
         0.1, ge=0, le=1, description="toy: probability that the judge answers 'A' (the first shown) whatever it saw."
     )
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric_exists(cls, value: str, info: ValidationInfo) -> str:
+        from components.backends.judge_base import REPO, find_file
+
+        if info.data.get("backend", "none") != "none" and find_file(value) is None:  # read when the judge is built
+            raise ValueError(f"rubric file not found: {value} (relative paths are read from the current directory"
+                             f" or the repository root {REPO})")
+        return value
 
 
 class EnsembleConfig(_Frozen):
@@ -292,77 +330,6 @@ class PolicyConfig(_Frozen):
         return self
 
 
-class GateCheck(_Frozen):
-    """One check of the gate: a metric of the evaluation, a bound, and whether failing it blocks promotion.
-
-    `metric` is the name the evaluate stage logs to MLflow (components/stages/evaluate.py): per-model metrics
-    `evaluate/candidate/<m>` (proxy_reward, gold_reward, kl, mean_tokens, regression_logp), which `vs_champion`
-    compares with `evaluate/champion/<m>`; paired ones, candidate vs champion already, take an absolute bound:
-    `evaluate/<signal>_win_rate/<value|ci_low|ci_high|n>` (signal: proxy, heldout, lc_proxy, lc_heldout) and
-    `evaluate/reward_hacking`.
-    """
-
-    name: str = Field(description="Label in the gate table and in rejection reasons.")
-    metric: str = Field(description="Evaluation metric name (per-model or paired, see the class docstring).")
-    vs_champion: Literal["none", "difference", "ratio"] = Field(
-        "none", description="none: the metric itself; difference: candidate − champion; ratio: candidate / champion."
-    )
-    above: float | None = Field(None, description="Passes only if value > above.")
-    at_least: float | None = Field(None, description="Passes only if value >= at_least.")
-    below: float | None = Field(None, description="Passes only if value < below.")
-    at_most: float | None = Field(None, description="Passes only if value <= at_most.")
-    blocking: bool = Field(True, description="A failed blocking check rejects the candidate; others only warn.")
-
-    @model_validator(mode="after")
-    def _bounded(self) -> GateCheck:
-        if not self.metric.startswith("evaluate/"):
-            raise ValueError(f"gate check {self.name!r}: metric {self.metric!r} is not an evaluation metric's MLflow "
-                             "name (e.g. evaluate/candidate/kl, evaluate/proxy_win_rate/ci_low)")
-        if self.vs_champion != "none" and "/candidate/" not in self.metric:
-            raise ValueError(f"gate check {self.name!r}: vs_champion needs a per-model metric "
-                             f"(evaluate/candidate/<m>), got {self.metric!r}")
-        if all(b is None for b in (self.above, self.at_least, self.below, self.at_most)):
-            raise ValueError(f"gate check {self.name!r} has no bound (set above, at_least, below or at_most)")
-        if (self.above is not None and self.at_least is not None) or (
-                self.below is not None and self.at_most is not None):
-            raise ValueError(f"gate check {self.name!r}: use one lower bound and one upper bound at most")
-        return self
-
-
-class GateConfig(_Frozen):
-    """The gate: decided by the gate task from the stored evaluation report, so changing a threshold re-decides
-    (`alignloop promote --version N`) without re-sampling. Every blocking check must pass for the candidate to
-    become champion.
-
-    `checks` unset = the standard checks, built from the thresholds below by `components.gating.standard_checks`:
-    proxy win rate, KL budget, length ratio, and with a held-out judge its win rate and the reward-hacking check
-    (all blocking); the length-controlled win rate (advisory); the regression-set likelihood (blocking).
-    """
-
-    min_win_rate_lower: float = Field(
-        0.5, ge=0, le=1, description="Lower CI bound of the candidate's win rate vs the champion must exceed this."
-    )
-    max_kl: float = Field(5.0, gt=0, description="KL(candidate || reference) budget in nats per sequence.")
-    max_length_ratio: float = Field(1.5, gt=1, description="Candidate/champion mean length must stay within 1/x..x.")
-    heldout_judge: Literal["gold", "none"] = Field(
-        "gold",
-        description="Independent held-out signal for the win rate (toy: the gold oracle plays the judge). The"
-        " candidate must not lose to the champion on it (lower CI bound of its win rate ≥ 0.5 - tie margin).",
-    )
-    hacking_tolerance: float = Field(
-        0.0, ge=0, description="Reward-hacking check: `reward_hacking` (> 0 when the proxy win rate is significantly"
-        " above ½ while the held-out one is not above ½) must stay at most this."
-    )
-    max_regression_drop: float = Field(
-        4.0, gt=0, description="Regression check: mean log-likelihood of the fixed reference completions (nats per"
-        " sequence) may fall at most this much below the champion's."
-    )
-    checks: tuple[GateCheck, ...] | None = Field(
-        None, description="The full gate specification; unset = the standard checks (class docstring). A list"
-        " replaces them: each item is a GateCheck (name, metric, vs_champion, bound, blocking)."
-    )
-
-
 class EvalConfig(_Frozen):
     """Stage 6, evaluate: candidate vs champion on the held-out split (the decision is the gate's, `gate:`)."""
 
@@ -376,6 +343,56 @@ class EvalConfig(_Frozen):
         " prompt and completion columns; 'none' = no regression check."
     )
     regression_best_of: int = Field(8, ge=1, description="'toy' regression set: corpus reviews drawn per prompt.")
+    heldout: Literal["gold", "noisy_gold", "judge", "none"] = Field(
+        "gold", description="The held-out signal, independent of the reward models, for the held-out win rate and"
+        " the reward-hacking check: gold = the gold reward (needs `gold: toy`); noisy_gold = the toy judge, gold"
+        " with noise and position bias, so the gate errs like a real LLM judge (needs `gold: toy`; its noise from"
+        " `judge` when backend toy, else 0.1/0.1); judge = the pairwise LLM judge `judge`; none = proxy only."
+    )
+    judge: JudgeConfig = Field(
+        JudgeConfig(), description="heldout: judge = the held-out judge (its own endpoint, model, rubric and budget,"
+        " separate from `label.judge`; never one of the reward models). Each candidate/champion sample pair of a"
+        " prompt is judged in both orders: the budget must cover n_prompts × samples_per_prompt × 2 calls (× 3"
+        " with reference_completions)."
+    )
+    reference_completions: str | None = Field(
+        None, description="Parquet (prompt, completion; the first completion of a prompt counts): fixed reference"
+        " answers (the initial policy's, a strong model's) that candidate and champion are each compared with by"
+        " the held-out signal, a baseline that does not drift with the champion (AlpacaEval-style). Held-out"
+        " prompts absent from the file are not compared. null = off."
+    )
+
+    @property
+    def judge_calls(self) -> int:
+        """Paid calls a judged held-out evaluation needs at most (no cache hits)."""
+        return self.n_prompts * self.samples_per_prompt * 2 * (3 if self.reference_completions else 1)
+
+    def heldout_judge(self) -> JudgeConfig | None:
+        """The judge the evaluate stage is given: `judge` for judge, the toy judge for noisy_gold, else None."""
+        if self.heldout == "judge" or (self.heldout == "noisy_gold" and self.judge.backend == "toy"):
+            return self.judge
+        if self.heldout == "noisy_gold":
+            return JudgeConfig(backend="toy", noise=0.1, position_bias=0.1, budget=self.judge_calls)
+        return None
+
+    @model_validator(mode="after")
+    def _heldout_judge(self) -> EvalConfig:
+        if self.heldout == "judge" and self.judge.backend == "none":
+            raise ValueError("evaluate.heldout='judge' needs evaluate.judge.backend (toy, hf or openai)")
+        if self.heldout == "judge" and self.judge.backend in ("hf", "openai") and not self.judge.model:
+            raise ValueError(f"evaluate.judge.model: the {self.judge.backend} held-out judge needs a model")
+        if self.heldout == "noisy_gold" and self.judge.backend not in ("none", "toy"):
+            raise ValueError("evaluate.heldout='noisy_gold' plays the judge with the toy backend: set "
+                             "evaluate.judge.backend to toy (or none for noise 0.1, position bias 0.1), or use "
+                             "evaluate.heldout='judge'")
+        judge = self.heldout_judge()
+        if judge is not None and judge.budget < self.judge_calls:
+            raise ValueError(f"evaluate.judge.budget={judge.budget} does not cover the held-out comparisons: "
+                             f"{self.judge_calls} calls (n_prompts × samples_per_prompt × 2 orders"
+                             f"{' × 3 comparisons' if self.reference_completions else ''})")
+        if self.reference_completions and self.heldout == "none":
+            raise ValueError("evaluate.reference_completions needs a held-out signal (evaluate.heldout)")
+        return self
 
 
 class LaunchConfig(_Frozen):
@@ -448,8 +465,13 @@ class LoopConfig(_Frozen):
         needs_gold = self.label.labeler == "gold" or self.label.seed_gold_pairs > 0
         if needs_gold and self.gold is None:
             raise ValueError("label.labeler='gold' or label.seed_gold_pairs > 0 needs `gold: toy`")
-        if self.gate.heldout_judge == "gold" and self.gold is None:
-            raise ValueError("gate.heldout_judge='gold' needs `gold: toy`")
+        if self.evaluate.heldout in ("gold", "noisy_gold") and self.gold is None:
+            raise ValueError(f"evaluate.heldout={self.evaluate.heldout!r} needs `gold: toy` (or evaluate.heldout="
+                             "'judge' with an LLM judge, or 'none')")
+        if self.evaluate.heldout == "judge" and self.evaluate.judge.backend == "toy" and self.gold is None:
+            raise ValueError("evaluate.judge.backend='toy' plays the judge with the gold oracle: it needs `gold: toy`")
+        if self.gate.max_reference_regression is not None and not self.evaluate.reference_completions:
+            raise ValueError("gate.max_reference_regression needs evaluate.reference_completions")
         if self.evaluate.regression_set == "toy" and self.gold is None:
             raise ValueError("evaluate.regression_set='toy' needs `gold: toy` (or a Parquet path, or 'none')")
         return self
@@ -461,6 +483,8 @@ MOVED = {
     "label.uw_lambda": "ensemble.uw_lambda",
     "train_reward.members": "ensemble.members",
     "evaluate.gate": "gate",
+    "label.judge.rubric_version": "label.judge.rubric",
+    "gate.heldout_judge": "evaluate.heldout",
     "train_policy.loss_type": "train_policy.dpo.loss_type",
     "train_policy.sft_coef": "train_policy.dpo.sft_coef",
     "train_policy.rl.kl_coef": "train_policy.beta",

@@ -45,9 +45,13 @@ class GateDecision:
                 "checks": [asdict(c) for c in self.checks]}
 
 
+HELDOUT = "evaluate/heldout_win_rate/ci_low"  # present iff the evaluation had a held-out signal
+
+
 def standard_checks(gate: GateConfig, metrics: dict[str, float]) -> tuple[GateCheck, ...]:
-    """The default specification, from the thresholds in `gate`; the regression check only where the
-    evaluation had a regression set (its metrics exist)."""
+    """The default specification, from the thresholds in `gate` and what the evaluation measured (its metrics):
+    the held-out checks where it had a held-out signal (`evaluate.heldout`), the length-controlled held-out win
+    rate only for a pointwise one (gold), the regression check where it had a regression set."""
     win = gate.min_win_rate_lower
     checks = [
         GateCheck(name="proxy_win_rate", metric="evaluate/proxy_win_rate/ci_low", above=win),
@@ -55,21 +59,27 @@ def standard_checks(gate: GateConfig, metrics: dict[str, float]) -> tuple[GateCh
         GateCheck(name="length_ratio", metric="evaluate/candidate/mean_tokens", vs_champion="ratio",
                   at_least=1 / gate.max_length_ratio, at_most=gate.max_length_ratio),
     ]
-    if gate.heldout_judge != "none":
+    if HELDOUT in metrics:
         checks += [
-            GateCheck(name="heldout_win_rate", metric="evaluate/heldout_win_rate/ci_low", above=win),
+            GateCheck(name="heldout_win_rate", metric=HELDOUT, above=win),
             # The proxy may rise while an independent signal does not: the classic over-optimisation signature.
             GateCheck(name="reward_hacking", metric="evaluate/reward_hacking", at_most=gate.hacking_tolerance),
         ]
     # Length-controlled: does the candidate still win once reward explained by length is removed? Advisory,
-    # because on small held-out sets its CI is wide; the length ratio above is what blocks.
-    lc = "lc_heldout_win_rate" if gate.heldout_judge != "none" else "lc_proxy_win_rate"
+    # because on small held-out sets its CI is wide; the length ratio above is what blocks. Only a pointwise
+    # held-out signal (gold) has a length-controlled version; a judge's verdicts do not.
+    lc = "lc_heldout_win_rate" if "evaluate/lc_heldout_win_rate/ci_low" in metrics else "lc_proxy_win_rate"
     checks.append(GateCheck(name="length_controlled_win_rate", metric=f"evaluate/{lc}/ci_low", above=win,
                             blocking=False))
     if "evaluate/candidate/regression_logp" in metrics:
         checks.append(GateCheck(name="regression", metric="evaluate/candidate/regression_logp",
                                 vs_champion="difference",
                                 at_least=-gate.max_regression_drop))
+    if gate.max_reference_regression is not None:
+        # ZenML's rule with heldout_win_rate: beat the champion, and do not lose ground against a fixed baseline
+        # (the champion drifts; the reference completions do not).
+        checks.append(GateCheck(name="reference_regression", metric="evaluate/candidate/reference_win_rate",
+                                vs_champion="difference", at_least=-gate.max_reference_regression))
     return tuple(checks)
 
 

@@ -14,11 +14,15 @@ task list for its JSON import, which assigns its own numeric ids: the pair id al
                    "reason": "inconsistent" | "over_budget" | "not_judged"},   why no label was taken
      "choice":    null}   the reviewer writes "a" or "b" (or "skip"; null = not reviewed yet)
 
-Import: a JSONL file whose lines carry at least {"id", "choice"} (a reviewed export file works as is). Every
-id must be in some exported queue file and not imported before, each at most once per file; a bad line stops
-the import with `FILE:LINE: reason` and nothing is written. The labels become a preferences table
-(label_source = human) in the artifact store, recorded in `<workspace>/human_labels/imports.jsonl`; the next
-iteration's label stage adds every import no earlier iteration consumed.
+Label Studio: `alignloop labels export --format label-studio --out DIR` writes the queue as tasks for its
+Pairwise template, and its JSON export imports as is (formats: components.label_studio).
+
+Import: a JSONL file whose lines carry at least {"id", "choice"} (a reviewed export file works as is), or a
+Label Studio JSON export (a JSON array). Every id must be in some exported queue file and not imported before,
+each at most once per file; a bad line or task stops the import with `FILE:LINE: reason` and nothing is written.
+The labels become a preferences table (label_source = human) in the artifact store, recorded in
+`<workspace>/human_labels/imports.jsonl`; the next iteration's label stage adds every import no earlier
+iteration consumed.
 """
 
 from __future__ import annotations
@@ -68,17 +72,24 @@ def _imports(ws: Workspace) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
 
-def import_labels(ws: Workspace, file: Path) -> tuple[ArtifactRef | None, dict[str, int]]:
-    """Validate `file` against the exported queue and earlier imports; store its labels (see module doc)."""
+def queued_records(ws: Workspace) -> dict[str, dict]:
+    """Every pair ever exported for review, by pair id (a later iteration's file wins a repeated pair)."""
     queued = {}
     for q in sorted(ws.human_queue_dir.glob("iter-*.jsonl")):
         for line in q.read_text().splitlines():
             rec = json.loads(line)
             queued[rec["id"]] = rec
-    done = {i: imp["file"] for imp in _imports(ws) for i in imp["ids"]}
-    seen: dict[str, int] = {}
-    rows, skipped = [], 0
-    for n, line in enumerate(Path(file).read_text().splitlines(), 1):
+    return queued
+
+
+def imported_ids(ws: Workspace) -> dict[str, str]:
+    """Pair id -> the file it was imported from."""
+    return {i: imp["file"] for imp in _imports(ws) for i in imp["ids"]}
+
+
+def _read_jsonl(file: Path, text: str) -> list[tuple[str, str, str | None]]:
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{file}:{n}"
@@ -88,28 +99,53 @@ def import_labels(ws: Workspace, file: Path) -> tuple[ArtifactRef | None, dict[s
             raise ValueError(f"{where}: not valid JSON ({err})") from None
         if not isinstance(doc, dict) or "id" not in doc or "choice" not in doc:
             raise ValueError(f"{where}: each line needs the fields 'id' and 'choice'")
-        pid, choice = doc["id"], doc["choice"]
+        if doc["choice"] not in CHOICES:
+            raise ValueError(f"{where}: choice must be 'a', 'b', 'skip' or null, got {doc['choice']!r}")
+        out.append((where, doc["id"], doc["choice"]))
+    return out
+
+
+def _label_row(rec: dict, choice: str) -> dict:
+    d, m = rec["data"], rec["meta"]
+    sign = 1.0 if choice == "a" else -1.0
+    chosen, rejected = (d["response_a"], d["response_b"]) if choice == "a" else (d["response_b"], d["response_a"])
+    return {"pair_id": pair_id(d["prompt"], chosen, rejected), "prompt": d["prompt"], "chosen": chosen,
+            "rejected": rejected, "margin": sign * m["rm_margin"], "uncertainty": m["rm_uncertainty"],
+            "agreement": m["rm_agreement"] if choice == "a" else 1.0 - m["rm_agreement"],
+            "label_source": "human", "iteration": rec["iteration"], "_id": rec["id"]}
+
+
+def _validate(ws: Workspace, entries, queued: dict[str, dict]) -> tuple[list[dict], dict[str, int]]:
+    done = imported_ids(ws)
+    seen: dict[str, str] = {}
+    rows, counts = [], {"labels": 0, "skipped": 0, "conflicting": 0}
+    for where, pid, choice in entries:
         if pid not in queued:
             raise ValueError(f"{where}: unknown pair id {pid!r} (not in any {ws.human_queue_dir}/iter-*.jsonl)")
         if pid in seen:
-            raise ValueError(f"{where}: duplicate pair id {pid!r} (first on line {seen[pid]})")
+            raise ValueError(f"{where}: duplicate pair id {pid!r} (first at {seen[pid]})")
         if pid in done:
             raise ValueError(f"{where}: pair id {pid!r} was already imported from {done[pid]}")
-        if choice not in CHOICES:
-            raise ValueError(f"{where}: choice must be 'a', 'b', 'skip' or null, got {choice!r}")
-        seen[pid] = n
-        if choice in ("skip", None):
-            skipped += 1
-            continue
-        rec = queued[pid]
-        d, m = rec["data"], rec["meta"]
-        sign = 1.0 if choice == "a" else -1.0
-        chosen, rejected = (d["response_a"], d["response_b"]) if choice == "a" else (d["response_b"], d["response_a"])
-        rows.append({"pair_id": pair_id(d["prompt"], chosen, rejected), "prompt": d["prompt"], "chosen": chosen,
-                     "rejected": rejected, "margin": sign * m["rm_margin"], "uncertainty": m["rm_uncertainty"],
-                     "agreement": m["rm_agreement"] if choice == "a" else 1.0 - m["rm_agreement"],
-                     "label_source": "human", "iteration": rec["iteration"], "_id": pid})
-    counts = {"labels": len(rows), "skipped": skipped}
+        seen[pid] = where
+        if choice == "conflict":
+            counts["conflicting"] += 1
+        elif choice in ("skip", None):
+            counts["skipped"] += 1
+        else:
+            rows.append(_label_row(queued[pid], choice))
+    counts["labels"] = len(rows)
+    return rows, counts
+
+
+def import_labels(ws: Workspace, file: Path) -> tuple[ArtifactRef | None, dict[str, int]]:
+    """Validate `file` (the queue's JSONL, or Label Studio's JSON export: components.label_studio) against the
+    exported queue and earlier imports; store its labels (see module doc). Any error: nothing is written."""
+    from components import label_studio
+
+    text, queued = Path(file).read_text(), queued_records(ws)
+    entries = (label_studio.read_export(file, text, queued) if label_studio.is_export(text)
+               else _read_jsonl(file, text))
+    rows, counts = _validate(ws, entries, queued)
     if not rows:
         return None, counts
     table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "_id"} for r in rows])

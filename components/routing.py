@@ -9,9 +9,11 @@ Certain pairs are labelled by the ensemble (label_source = rm_ensemble). The jud
 in priority order (`judge_order`): with select = uncertainty, only uncertain pairs, least certain first (lowest
 z = m/σ: where the ensemble is closest to a coin flip, a judge verdict adds the most); with select = random, a
 random sample of all pairs (the baseline). A consistent judge verdict becomes the label (label_source = judge,
-oriented by the judge, which may flip the ensemble). Uncertain pairs the judge did not settle (inconsistent,
-over budget, no judge) are dropped, or exported to the human review queue. A judge that is inconsistent on a
-pair the ensemble was sure of leaves the ensemble's label: an inconsistent verdict carries no information.
+oriented by the judge, which may flip the ensemble). Only "a" and "b" are verdicts: a tie, an inconsistent
+pair, a reply without a verdict marker and a failed call (`components.judge.Outcome`: tie, inconsistent,
+no_verdict, error) never become labels. Uncertain pairs the judge did not settle (those, over budget, no judge)
+are dropped, or exported to the human review queue with that reason. A judge that does not settle a pair the
+ensemble was sure of leaves the ensemble's label: a non-verdict carries no information against it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.judge import Outcome
+from components.judge import SETTLED, Outcome
 from components.preferences import confident
 
 
@@ -47,7 +49,8 @@ class Routed:
     source: np.ndarray  # [P] str: "rm_ensemble" | "judge" | "" (not labelled)
     flip: np.ndarray  # [P] bool: the judge preferred the ensemble's `rejected`
     to_human: np.ndarray  # [P] bool: exported to the human review queue
-    reason: np.ndarray  # [P] str: why a pair is unlabelled: "inconsistent" | "over_budget" | "not_judged" | ""
+    reason: np.ndarray  # [P] str: why a pair is unlabelled: "tie" | "inconsistent" | "no_verdict" | "error" |
+    #                     "over_budget" | "not_judged" | ""
 
 
 def resolve(is_uncertain: np.ndarray, offered: np.ndarray, outcomes: list[Outcome], *, to_human_queue: bool
@@ -57,7 +60,7 @@ def resolve(is_uncertain: np.ndarray, offered: np.ndarray, outcomes: list[Outcom
     n = len(is_uncertain)
     verdict = np.full(n, "not_judged", dtype=object)
     verdict[np.asarray(offered, dtype=np.int64)] = outcomes
-    by_judge = (verdict == "a") | (verdict == "b")
+    by_judge = np.isin(verdict, SETTLED)
     source = np.where(by_judge, "judge", np.where(is_uncertain, "", "rm_ensemble")).astype(object)
     unlabelled = source == ""
     return Routed(source=source, flip=verdict == "b", to_human=unlabelled & to_human_queue,
@@ -68,12 +71,16 @@ def routing_metrics(is_uncertain: np.ndarray, offered: np.ndarray, outcomes: lis
                     ) -> dict[str, float]:
     """label/... metrics of one iteration's routing (counts of pairs; rates NaN when undefined)."""
     out = np.asarray(outcomes, dtype=object)
-    settled = (out == "a") | (out == "b")
+    settled = np.isin(out, SETTLED)
     return {
         "label/routed": int(is_uncertain.sum()),
         "label/judge_pairs_offered": int((out != "over_budget").sum()),
         "label/judge_settled": int(settled.sum()),
+        # offered pairs the judge did not settle, by why: never labels
         "label/judge_inconsistent": int((out == "inconsistent").sum()),
+        "label/judge_pairs_tie": int((out == "tie").sum()),
+        "label/judge_pairs_no_verdict": int((out == "no_verdict").sum()),
+        "label/judge_pairs_error": int((out == "error").sum()),
         "label/judge_flipped": int((out == "b").sum()),
         # among pairs the judge settled: share where it agrees with the ensemble's orientation
         "label/rm_judge_agreement": float((out[settled] == "a").mean()) if settled.any() else float("nan"),

@@ -37,10 +37,11 @@ app.command("rollback")(cmd_registry.rollback)
 app.command("lineage")(cmd_registry.lineage)
 app.command("report")(cmd_registry.report)
 
-labels = typer.Typer(no_args_is_help=True, help="Human review queue: import completed labels.")
+labels = typer.Typer(no_args_is_help=True, help="Human review queue: export for review, import completed labels.")
 app.add_typer(labels, name="labels")
 labels.command("import")(cmd_labels.import_)
 labels.command("queue")(cmd_labels.queue)
+labels.command("export")(cmd_labels.export)
 
 stack = typer.Typer(no_args_is_help=True, help="The local service stack (loopback only).")
 app.add_typer(stack, name="stack")

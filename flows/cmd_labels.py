@@ -2,8 +2,11 @@
 
     alignloop labels import reviewed.jsonl --workspace workspace
     alignloop labels queue                      # what is waiting for review, what was imported
+    alignloop labels export --format label-studio --out review/   # tasks.json + labeling-config.xml
+    alignloop labels import review/export.json  # Label Studio's JSON export works as well
 
-The review queue files and the import format are documented in components/human_queue.py. An import is
+The review queue files and the import format are documented in components/human_queue.py, the Label Studio
+tasks and export in components/label_studio.py. An import is
 validated as a whole (unknown or already-imported pair ids, duplicates, bad choices stop it with FILE:LINE)
 before anything is written; the next iteration's preferences include its labels with label_source = human.
 """
@@ -17,7 +20,8 @@ import typer
 from flows.common import WorkspaceOpt, console, workspace_dir
 
 
-def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Reviewed JSONL file."),
+def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                        help="Reviewed JSONL file, or Label Studio's JSON export."),
             workspace: Path = WorkspaceOpt):
     """Validate FILE against the exported queue and queue its labels for the next iteration."""
     from components.human_queue import import_labels
@@ -30,8 +34,32 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     where = f" as preferences {ref.short}" if ref else ""
-    console.print(f"imported {counts['labels']} human label(s){where}, skipped {counts['skipped']} unreviewed;"
-                  " the next iteration adds them with label_source=human")
+    conflicting = f", {counts['conflicting']} where annotators disagreed" if counts.get("conflicting") else ""
+    console.print(f"imported {counts['labels']} human label(s){where}, skipped {counts['skipped']} unreviewed"
+                  f"{conflicting}; the next iteration adds them with label_source=human")
+
+
+def export(fmt: str = typer.Option("label-studio", "--format", help="Only 'label-studio' for now."),
+           out: Path = typer.Option(..., "--out", file_okay=False, help="Writes tasks.json, labeling-config.xml."),
+           iteration: int | None = typer.Option(None, "--iteration", help="Only this iteration's queue."),
+           include_imported: bool = typer.Option(False, "--include-imported", help="Also pairs already imported."),
+           workspace: Path = WorkspaceOpt):
+    """Write the review queue as Label Studio tasks (Pairwise template) plus its labeling config."""
+    from components import label_studio
+    from components.human_queue import imported_ids, queued_records
+    from components.workspace import Workspace
+
+    if fmt != "label-studio":
+        console.print(f"[red]error:[/] unknown --format {fmt!r} (supported: label-studio)")
+        raise typer.Exit(2)
+    ws = Workspace.at(workspace_dir(workspace))
+    done = set() if include_imported else set(imported_ids(ws))
+    recs = [r for r in queued_records(ws).values()
+            if r["id"] not in done and (iteration is None or r["iteration"] == iteration)]
+    tasks, config = label_studio.write_export(recs, out)
+    console.print(f"wrote {len(recs)} task(s) to {tasks} and the labeling config to {config}; in Label Studio: "
+                  "create a project with that config, import the tasks, annotate, export as JSON, then "
+                  "`alignloop labels import EXPORT.json`")
 
 
 def queue(workspace: Path = WorkspaceOpt):

@@ -101,11 +101,19 @@ def link(tracker: Tracker, store: ArtifactStore, ws: Workspace, mv) -> dict:
                               "evaluation": _version_of(tracker, REWARD_MODEL,
                                                         tags["evaluate"].get("input.reward_model"))},
             "generation": cfg.generate.model_dump(mode="json"),
-            "judge": {"heldout": "toy gold oracle" if cfg.gate.heldout_judge == "gold" else "none",
-                      "labeling": judge.model_dump(mode="json", include={"backend", "model", "rubric_version"})
+            "judge": {"heldout": _heldout_judge(cfg),
+                      "labeling": judge.model_dump(mode="json", include={"backend", "model", "rubric"})
                       if judge is not None else None,
                       "rubric": "components/toy/gold.py (hidden gold reward)" if cfg.gold == "toy" else None},
             "gate": _gate(tracker, parent_id)}
+
+
+def _heldout_judge(cfg) -> str | dict:
+    """What judged the iteration's held-out comparisons (evaluate.heldout)."""
+    judge = cfg.evaluate.heldout_judge()
+    if judge is not None:
+        return judge.model_dump(mode="json", include={"backend", "model", "rubric", "noise", "position_bias"})
+    return "toy gold oracle" if cfg.evaluate.heldout == "gold" else "none"
 
 
 def _gate(tracker: Tracker, run_id: str) -> dict:
@@ -163,6 +171,7 @@ def _evaluate_against_champion(ws: Workspace, store: ArtifactStore, tracker: Tra
     from components.artifacts import ArtifactRef
     from components.backends.models import Models
     from components.contract import Backends, Inputs, Seeds
+    from components.judge import make_runner
     from components.stages import evaluate
     from components.toy.gold import GoldOracle
 
@@ -177,10 +186,13 @@ def _evaluate_against_champion(ws: Workspace, store: ArtifactStore, tracker: Tra
                                           "champion": policy(champ), "reference": initial,
                                           "reward_model": ArtifactRef(**last["outputs"]["reward_model"])},
                         last["iteration"], scratch=str(scratch))
-        backends = Backends(models=Models(inputs, ensemble=cfg.ensemble, generate=cfg.generate),
-                            gold=GoldOracle() if cfg.gold == "toy" else None)
-        result = evaluate.run(cfg.evaluate, inputs, backends=backends, seed=Seeds(cfg.seed, last["iteration"],
-                                                                                  "evaluate"))
+        seeds, gold = Seeds(cfg.seed, last["iteration"], "evaluate"), GoldOracle() if cfg.gold == "toy" else None
+        judge = cfg.evaluate.heldout_judge()  # as the iteration's evaluate stage got it (flows/iteration.py)
+        judge = judge and make_runner(judge, gold=gold, seed=seeds.fixed("evaluate/judge"), cache_dir=ws.judge_cache,
+                                      metric_prefix="evaluate/heldout_judge")
+        backends = Backends(models=Models(inputs, ensemble=cfg.ensemble, generate=cfg.generate), gold=gold,
+                            judge=judge)
+        result = evaluate.run(cfg.evaluate, inputs, backends=backends, seed=seeds)
     return result.metrics
 
 

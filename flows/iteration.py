@@ -255,14 +255,22 @@ def _pipeline(cfg: LoopConfig, ctx: t.RunContext, s: dict, record, progress) -> 
     candidate = stage("train_policy", cfg.train_policy, scoring.model_copy(update={"launch": cfg.train_launch}),
                       preferences=prefs, policy=champion, reference=reference, prompts=prompts, pool=pool,
                       reward_model=rm)["candidate"]
-    evaluated = stage("evaluate", cfg.evaluate, scoring.model_copy(update={"gold": cfg.gold}), pool=pool,
-                      candidate=candidate, champion=champion, reference=initial, reward_model=rm)
+    evaluated = stage("evaluate", cfg.evaluate, evaluate_setup(cfg), pool=pool, candidate=candidate,
+                      champion=champion, reference=initial, reward_model=rm)
     decision = _stage("gate", t.gate_task, record, progress, ctx=ctx, cfg=cfg.gate,
                       report=evaluated["eval_report"], candidate=candidate)
     outputs = {"prompts": prompts, "rollouts": rollouts, "preferences": prefs, "reward_model": rm,
                "candidate": candidate, "eval_report": evaluated["eval_report"]}
     data_rev = _stage("version", t.version_task, record, progress, ctx=ctx, outputs=outputs)
     return outputs, decision, data_rev
+
+
+def evaluate_setup(cfg: LoopConfig) -> t.Setup:
+    """The evaluate stage's backends: generators and the ensemble (proxy), the gold oracle, and the held-out judge
+    of `evaluate.heldout` (its own `evaluate.judge`, or the toy judge for noisy_gold; never `label.judge`)."""
+    judge = cfg.evaluate.heldout_judge()
+    return t.Setup(ensemble=cfg.ensemble, generate=cfg.generate, gold=cfg.gold, judge=judge,
+                   **({"judge_metrics": "evaluate/heldout_judge", "judge_seed": "fixed"} if judge else {}))
 
 
 def _backbone(cfg: LoopConfig, initial: ArtifactRef) -> ArtifactRef:

@@ -17,6 +17,7 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -126,6 +127,10 @@ class Setup(BaseModel):
     generate: C.GenerateConfig | None = None  # generators (generate, evaluate, the probe / RL reference samples)
     gold: str | None = None
     judge: C.JudgeConfig | None = None
+    # the judge's stats names (make_runner's `metric_prefix`; None = its default, label's) and whether its seed
+    # is this iteration's or fixed across iterations (the held-out judge: a champion re-judged gets the same verdicts)
+    judge_metrics: str | None = None
+    judge_seed: Literal["iteration", "fixed"] = "iteration"
     fanout: C.FanoutConfig = C.FanoutConfig()
     launch: C.LaunchConfig = C.LaunchConfig()
 
@@ -146,7 +151,10 @@ def backends_for(ctx: RunContext, stage: str, setup: Setup, inputs: Inputs) -> B
     if setup.judge is not None:
         from components.judge import make_runner
 
-        judge = make_runner(setup.judge, gold=gold, seed=ctx.seeds(stage).sub("judge"), cache_dir=ctx.ws.judge_cache)
+        seeds = ctx.seeds(stage)
+        seed = seeds.fixed(f"{stage}/judge") if setup.judge_seed == "fixed" else seeds.sub("judge")
+        named = {"metric_prefix": setup.judge_metrics} if setup.judge_metrics else {}
+        judge = make_runner(setup.judge, gold=gold, seed=seed, cache_dir=ctx.ws.judge_cache, **named)
     ray = setup.fanout.task_runner == "ray"
     shards = ray and setup.generate is not None and setup.generate.shards > 1
     return Backends(models=Models(inputs, ensemble=setup.ensemble, generate=setup.generate or C.GenerateConfig()),

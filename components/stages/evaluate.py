@@ -7,20 +7,25 @@ prompts every iteration so numbers are comparable across iterations). Each compl
 reward (proxy), the gold reward where an oracle exists, and log-probs under its policy and the reference.
 Reported per model: proxy/gold reward, KL to reference (nats/sequence), mean length, and the mean
 log-likelihood of a fixed regression set of reference completions. Paired, candidate over champion, with
-bootstrap CIs: win rates by the proxy and by the held-out judge, the same after removing the part of the
-reward that length explains (length-controlled), and the reward-hacking signal. The gate task
-(`components.gating.decide`, config `gate:`) turns the report's flat metrics into promote / reject with reasons,
-so a threshold change re-decides from the stored report without re-sampling.
+bootstrap CIs clustered by prompt: the win rate by the proxy and by the held-out signal (`evaluate.heldout`,
+independent of the reward models: the gold reward, or a pairwise judge asked in both orders, `backends.judge`),
+the proxy's (and gold's) after removing the part of the reward that length explains (length-controlled), and
+the reward-hacking signal (proxy up, held-out not). With `evaluate.reference_completions`, both models are also
+compared with those fixed completions by the held-out signal (a baseline that does not drift with the champion).
+The gate task (`components.gating.decide`, config `gate:`) turns the report's flat metrics into promote / reject
+with reasons, so a threshold change re-decides from the stored report without re-sampling.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pyarrow as pa
 
 from components.config import EvalConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult
-from components.metrics import kl_estimate, win_rate
+from components.metrics import kl_estimate, pairwise_win_rate, win_rate
 from components.stages.sample_prompts import heldout_prompts
 
 SIDES = ("candidate", "champion")
@@ -90,13 +95,104 @@ def _sample_and_score(side: str, models, prompts: pa.Table, n: int, seed: int, g
     return out, reg
 
 
+def reference_completions(cfg: EvalConfig, prompts: pa.Table) -> dict[str, str] | None:
+    """Held-out prompt -> its fixed reference completion (the file's first for that prompt), or None when
+    `cfg.reference_completions` is unset; only held-out prompts present in the file count."""
+    if not cfg.reference_completions:
+        return None
+    import pyarrow.parquet as pq
+
+    path = cfg.reference_completions
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ValueError(f"evaluate.reference_completions: {path} is not a readable Parquet file ({err})") from None
+    missing = {"prompt", "completion"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"evaluate.reference_completions: {path} lacks column(s) {sorted(missing)}")
+    first: dict[str, str] = {}
+    for p, c in zip(table["prompt"].to_pylist(), table["completion"].to_pylist()):
+        first.setdefault(p, c)
+    held = set(prompts["prompt"].to_pylist())
+    out = {p: c for p, c in first.items() if p in held}
+    if not out:
+        raise ValueError(f"evaluate.reference_completions: {path} has none of the {len(held)} held-out prompts "
+                         "(its `prompt` column must hold the eval split's prompt texts)")
+    return out
+
+
+def _check_backends(cfg: EvalConfig, gold, judge) -> None:
+    """Before sampling: the held-out signal `cfg.heldout` has its backend, and a judge's budget covers it."""
+    if cfg.heldout == "gold" and gold is None:
+        raise ValueError("evaluate.heldout='gold' needs the gold oracle (`gold: toy`)")
+    if cfg.heldout in ("noisy_gold", "judge"):
+        if judge is None:
+            raise ValueError(f"evaluate.heldout={cfg.heldout!r} needs a held-out judge (evaluate.judge)")
+        if judge.budget < cfg.judge_calls:
+            raise ValueError(f"evaluate.judge.budget={judge.budget} does not cover the held-out comparisons "
+                             f"({cfg.judge_calls} calls: n_prompts × samples_per_prompt × 2 orders"
+                             f"{' × 3 comparisons' if cfg.reference_completions else ''})")
+
+
+def judge_outcomes(judge, pair_ids: list[str], prompts: list[str], a: list[str], b: list[str]
+                   ) -> tuple[np.ndarray, dict[str, int]]:
+    """Per pair, a over b by the judge asked in both orders: 1 (a both times), 0 (b), ½ otherwise (tie,
+    inconsistent, no verdict); identical completions are ties without a call. Also the count of each verdict."""
+    ask = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    verdicts = ["tie"] * len(a)
+    got = judge.judge_pairs([pair_ids[i] for i in ask], [prompts[i] for i in ask], [a[i] for i in ask],
+                            [b[i] for i in ask]) if ask else []
+    for i, v in zip(ask, got):
+        verdicts[i] = v
+    outcome = np.array([1.0 if v == "a" else 0.0 if v == "b" else 0.5 for v in verdicts])
+    return outcome, {v: verdicts.count(v) for v in sorted(set(verdicts))}
+
+
+def _compare(cfg: EvalConfig, gold, judge, ids, prompts, a, b, a_gold=None, b_gold=None):
+    """Outcomes (1 / ½ / 0) of completions `a` over `b` by the held-out signal, and the judge's verdict counts."""
+    if cfg.heldout == "gold":
+        a_gold = np.asarray(gold.score(prompts, a)[0] if a_gold is None else a_gold, float)
+        b_gold = np.asarray(gold.score(prompts, b)[0] if b_gold is None else b_gold, float)
+        return (a_gold > b_gold) + 0.5 * (a_gold == b_gold), {}
+    return judge_outcomes(judge, ids, prompts, a, b)
+
+
+def heldout_report(cfg: EvalConfig, side: dict, gold, judge, reference: dict[str, str] | None, wr: dict) -> dict:
+    """The held-out signal's part of the report: `heldout_win_rate` (candidate vs champion, paired by prompt and
+    sample), `lc_heldout_win_rate` (gold only: a pointwise reward), `heldout_verdicts` (judged signals), and
+    with reference completions each side's win rate against them."""
+    cand, champ = side["candidate"], side["champion"]
+    n, groups = len(cand["completion"]), np.asarray(cand["prompt_id"])
+    ids = [f"{pid}#{i % cfg.samples_per_prompt}" for i, pid in enumerate(cand["prompt_id"])]
+    out, verdicts = _compare(cfg, gold, judge, ids, cand["prompt"], cand["completion"], champ["completion"],
+                             cand["gold_reward"], champ["gold_reward"])
+    report = {"heldout_win_rate": pairwise_win_rate(out, groups, **wr)}
+    if cfg.heldout == "gold":
+        lengths = np.concatenate([cand["num_tokens"], champ["num_tokens"]])
+        lc = length_residual(np.concatenate([cand["gold_reward"], champ["gold_reward"]]), lengths)
+        report["lc_heldout_win_rate"] = win_rate(lc[:n], lc[n:], groups, **wr)
+    else:
+        report["heldout_verdicts"] = verdicts
+    for name, s in (() if reference is None else side.items()):
+        keep = [i for i, p in enumerate(s["prompt"]) if p in reference]
+        prompts = [s["prompt"][i] for i in keep]
+        out, _ = _compare(cfg, gold, judge, [f"reference/{ids[i]}" for i in keep], prompts,
+                          [s["completion"][i] for i in keep], [reference[p] for p in prompts],
+                          np.asarray(s["gold_reward"])[keep])
+        key = "reference_win_rate" if name == "candidate" else f"{name}_reference_win_rate"
+        report[key] = pairwise_win_rate(out, groups[keep], **wr)
+    return report
+
+
 def flat_metrics(report: dict) -> dict[str, float]:
     """The report's numbers under the names the evaluate stage logs to MLflow and gate specs read:
-    `evaluate/<side>/<m>`, `evaluate/<win rate>/<value|ci_low|ci_high|n>`, `evaluate/reward_hacking`."""
+    `evaluate/<side>/<m>`, `evaluate/<win rate>/<value|ci_low|ci_high|n>`, `evaluate/reward_hacking`,
+    `evaluate/heldout_verdicts/<verdict>` (counts)."""
     flat = {f"evaluate/{side}/{k}": v for side in SIDES for k, v in report[side].items() if v is not None}
     for key, w in report.items():
         if key.endswith("win_rate"):
             flat.update({f"evaluate/{key}/{k}": v for k, v in w.items()})
+    flat.update({f"evaluate/heldout_verdicts/{k}": v for k, v in report.get("heldout_verdicts", {}).items()})
     if "reward_hacking" in report:
         flat["evaluate/reward_hacking"] = report["reward_hacking"]
     return flat
@@ -104,11 +200,13 @@ def flat_metrics(report: dict) -> dict[str, float]:
 
 def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
     """Inputs `pool`, `candidate`, `champion`, `reference`, `reward_model` -> outputs `eval_samples` (every scored
-    completion) and `eval_report` (per-model means, paired win rates with CIs, and `metrics`: the flat names the
-    gate reads)."""
-    models, gold = backends.models, backends.gold
+    completion), `eval_report` (per-model means, paired win rates with CIs, and `metrics`: the flat names the
+    gate reads) and, with a held-out judge, `heldout_judge_transcript` (calls.jsonl)."""
+    models, gold, judge = backends.models, backends.gold, backends.judge
+    _check_backends(cfg, gold, judge)
     prompts = heldout_prompts(inputs.table("pool"), cfg.n_prompts, seed.fixed("heldout"))
     regression = regression_pairs(cfg, prompts, seed.fixed("regression"))
+    reference = reference_completions(cfg, prompts)
     # the same for both sides (paired samples per prompt) and in every iteration, so a model evaluated as candidate
     # and again as champion gets the same numbers, and iterations stay comparable
     sampling = seed.fixed("evaluate")
@@ -124,16 +222,24 @@ def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> 
     groups = np.asarray(cand["prompt_id"])
     wr = dict(confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=seed.fixed("evaluate/bootstrap"))
     n = len(cand["completion"])
-    lengths = np.concatenate([cand["num_tokens"], champ["num_tokens"]])
-    signals = {"proxy": "proxy_reward", **({"heldout": "gold_reward"} if gold is not None else {})}
-    for signal, column in signals.items():
-        report[f"{signal}_win_rate"] = win_rate(cand[column], champ[column], groups, **wr)
-        lc = length_residual(np.concatenate([cand[column], champ[column]]), lengths)
-        report[f"lc_{signal}_win_rate"] = win_rate(lc[:n], lc[n:], groups, **wr)
-    if gold is not None:
+    report["proxy_win_rate"] = win_rate(cand["proxy_reward"], champ["proxy_reward"], groups, **wr)
+    lc = length_residual(np.concatenate([cand["proxy_reward"], champ["proxy_reward"]]),
+                         np.concatenate([cand["num_tokens"], champ["num_tokens"]]))
+    report["lc_proxy_win_rate"] = win_rate(lc[:n], lc[n:], groups, **wr)
+    if cfg.heldout != "none":
+        report.update(heldout_report(cfg, side, gold, judge, reference, wr))
         report["reward_hacking"] = reward_hacking(report["proxy_win_rate"], report["heldout_win_rate"])
+        for name in (SIDES if reference is not None else ()):
+            key = "reference_win_rate" if name == "candidate" else f"{name}_reference_win_rate"
+            report[name]["reference_win_rate"] = report[key]["value"]
     report["metrics"] = flat_metrics(report)
+    if judge is not None:  # the runner's call statistics, where it names them for this stage
+        report["metrics"].update({k: v for k, v in judge.stats().items() if k.startswith("evaluate/")})
     samples = pa.concat_tables([pa.table({"model": [name] * len(s["completion"]), **s}) for name, s in side.items()])
-    return StageResult(outputs={"eval_samples": Output("eval_samples", samples),
-                                "eval_report": Output("eval_report", doc=report)},
-                       metrics=report["metrics"])
+    outputs = {"eval_samples": Output("eval_samples", samples), "eval_report": Output("eval_report", doc=report)}
+    if judge is not None and judge.transcript:
+        d = inputs.out_dir("heldout_judge_transcript")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in judge.transcript))
+        outputs["heldout_judge_transcript"] = Output("judge_transcript", dir=d)
+    return StageResult(outputs=outputs, metrics=report["metrics"])

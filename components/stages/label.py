@@ -21,6 +21,7 @@ of kept pairs that gold agrees with: diagnostics only, never used to choose labe
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,7 @@ from components.contract import Backends, Ensemble, Inputs, Output, Seeds, Stage
 from components.human_queue import queue_records
 from components.uncertainty import pair_statistics
 
+log = logging.getLogger(__name__)
 SOURCES = ("rm_ensemble", "judge", "human", "gold")
 # the label mix that travels with the preferences ref (into the ledger, `alignloop status` and the report)
 MIX = ("label/pairs_built", "label/pairs_kept", "label/kept/rm_ensemble", "label/kept/judge", "label/kept/gold",
@@ -148,6 +150,8 @@ def run(cfg: LabelConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) ->
                                                                       reward, judge, iteration, rng)
     if judge is not None:
         metrics.update(judge.stats())
+        if (warning := judge.health_warning()) is not None:  # the stage still finishes: its pairs stay uncertain
+            log.warning("label, iteration %d: %s", iteration, warning)
     if gold_r is not None:
         metrics.update(_gold_diagnostics(gold_r, chosen, rejected,
                                          np.asarray(table["label_source"].to_pylist(), dtype=object)))

@@ -20,8 +20,8 @@ def service_config(tmp_path: Path, boot: dict, name: str, **extra) -> Path:
         "ensemble": {"members": 2},
         "train_reward": {"epochs": 1, "learning_rate": 1e-4},
         "train_policy": {"batch_size": 4},  # ≥ 2 optimizer steps: the first is warm-up (lr 0)
-        "evaluate": {"n_prompts": 4, "samples_per_prompt": 2, "bootstrap_resamples": 100},
-        "gate": {"min_win_rate_lower": 0.0, "max_kl": 1e6, "max_length_ratio": 100, "heldout_judge": "none"},
+        "evaluate": {"n_prompts": 4, "samples_per_prompt": 2, "bootstrap_resamples": 100, "heldout": "none"},
+        "gate": {"min_win_rate_lower": 0.0, "max_kl": 1e6, "max_length_ratio": 100},
         **extra,
     }
     path = tmp_path / f"{name}.yaml"

@@ -4,7 +4,7 @@ needs the `openai` package, which is in the `dev` extra) running a tiny local mo
 
 Why that server: it is the real OpenAI-compatible stack of the library we already depend on, it serves any
 local `save_pretrained` directory without a hub, and /v1/chat/completions works on CPU. The test model is a
-2-layer GPT-2 whose output layer is set so it always answers "A": a judge with total position bias, which
+2-layer GPT-2 whose weights are set so it always answers "[[ A ]]": a judge with total position bias, which
 both-order judging must turn into "inconsistent" for every pair, never a label.
 """
 
@@ -25,27 +25,36 @@ PAIRS = (["p0", "p1"], ["review pizza :", "review coffee :"], [" great pizza .",
 
 @pytest.fixture(scope="module")
 def always_a(tmp_path_factory):
-    """A tiny causal LM (+ word-level tokenizer with a chat template) that answers "A" to everything."""
+    """A tiny causal LM (+ word-level tokenizer with a chat template) that answers "[[ A ]]" to everything: its next
+    token depends only on the current one ("[[" -> "A" -> "]]" -> eos, anything else -> "[[")."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("always_a")
-    words = ["A", "B", "review", "pizza", "coffee", "great", "bad", ".", ":", "Response", "Answer", "Which", "better"]
+    words = ["A", "B", "tie", "[[", "]]", "review", "pizza", "coffee", "great", "bad", ".", ":", "Response",
+             "Answer", "Which", "better", "Verdict"]
     vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<eos>", *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tok.save_pretrained(str(out))
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_layer=2, n_embd=32, n_head=2, n_positions=512,
-                                       eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"]))
-    with torch.no_grad():  # final hidden state = a constant v; the (tied) output row of "A" is aligned with v
-        v = torch.randn(32)
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.copy_(v)
-        model.transformer.wte.weight[vocab["A"]] = 5 * v
+    n = 32
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_layer=2, n_embd=n, n_head=2, n_positions=512,
+                                       eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+                                       tie_word_embeddings=False))
+    nxt = {vocab["[["]: vocab["A"], vocab["A"]: vocab["]]"], vocab["]]"]: vocab["<eos>"]}
+    with torch.no_grad():  # blocks add nothing, no positions: hidden = layernorm(one-hot of the current token)
+        for name, p in model.named_parameters():
+            if "c_proj" in name or name.startswith("transformer.wpe"):
+                p.zero_()
+        model.transformer.wte.weight.copy_(torch.eye(len(vocab), n))
+        hidden = torch.nn.functional.layer_norm(torch.eye(len(vocab), n), (n,))
+        head = torch.zeros(len(vocab), n)
+        for t in range(len(vocab)):
+            head[nxt.get(t, vocab["[["])] += 10 * hidden[t]
+        model.lm_head.weight.copy_(head)
     model.save_pretrained(str(out))
     return str(out)
 
@@ -53,10 +62,10 @@ def always_a(tmp_path_factory):
 def test_hf_judge_catches_position_bias(always_a, tmp_path):
     from components.backends.judge_hf import HFJudge
 
-    runner = JudgeRunner(HFJudge(always_a), rubric_version="v1", budget=10, cache_path=tmp_path / "c.jsonl")
+    runner = JudgeRunner(HFJudge(always_a), budget=10, cache_path=tmp_path / "c.jsonl")
     assert runner.judge_pairs(*PAIRS) == ["inconsistent", "inconsistent"]
     assert [t["verdict"] for t in runner.transcript] == ["A"] * 4 and runner.calls == 4
-    assert all(t["raw"].startswith("logp A=") for t in runner.transcript)
+    assert all(t["raw"].startswith("logp A=") and " tie=" in t["raw"] for t in runner.transcript)
 
 
 def _free_port() -> int:
@@ -102,28 +111,33 @@ def served(always_a, tmp_path_factory):
 
 
 def test_openai_judge_against_real_server(always_a, served, tmp_path, monkeypatch):
+    from components.backends.judge_base import Rubric
     from components.backends.judge_openai import OpenAIJudge
 
     monkeypatch.setenv("ALIGNLOOP_TEST_JUDGE_KEY", "sk-do-not-log-me")
     cache = tmp_path / "cache.jsonl"
-    judge = OpenAIJudge(served, always_a, api_key_env="ALIGNLOOP_TEST_JUDGE_KEY", max_tokens=2, timeout_s=120)
-    runner = JudgeRunner(judge, rubric_version="v1", budget=10, concurrency=2, cache_path=cache)
+    judge = OpenAIJudge(served, always_a, api_key_env="ALIGNLOOP_TEST_JUDGE_KEY", max_tokens=8, timeout_s=120)
+    runner = JudgeRunner(judge, budget=10, concurrency=2, cache_path=cache)
     assert runner.judge_pairs(*PAIRS) == ["inconsistent", "inconsistent"]
-    assert runner.calls == 4 and [t["verdict"] for t in runner.transcript] == ["A"] * 4
-    assert all(t["cost"] > 0 and t["latency_s"] > 0 and t["error"] is None for t in runner.transcript)
+    assert runner.calls == 4 and [t["verdict"] for t in runner.transcript] == ["A"] * 4, runner.transcript
+    assert all(t["tokens"] > 0 and t["latency_s"] > 0 and t["error"] is None for t in runner.transcript)
+    assert runner.stats()["label/judge_tokens"] == sum(t["tokens"] for t in runner.transcript)
     assert "sk-do-not-log-me" not in cache.read_text() + repr(runner.transcript)
-    again = JudgeRunner(judge, rubric_version="v1", budget=10, cache_path=cache)
+    again = JudgeRunner(judge, budget=10, cache_path=cache)
     assert again.judge_pairs(*PAIRS) == ["inconsistent", "inconsistent"] and again.calls == 0
-    bumped = JudgeRunner(judge, rubric_version="v2", budget=10, cache_path=cache)  # a new rubric pays again
+    edited = tmp_path / "rubric.md"  # an edited rubric (its content hash is in the key) pays again
+    edited.write_text(Rubric.load().template.replace("concise", "brief"))
+    judge.rubric = Rubric.load(str(edited))
+    bumped = JudgeRunner(judge, budget=10, cache_path=cache)
     bumped.judge_pairs(*PAIRS)
-    assert bumped.calls == 4
+    assert bumped.calls == 4 and bumped.rubric_sha256 != runner.rubric_sha256
 
 
 def test_openai_judge_retries_then_reports_transport_errors():
     from components.backends.judge_openai import OpenAIJudge
 
     judge = OpenAIJudge(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=5)
-    runner = JudgeRunner(judge, rubric_version="v1", budget=10, max_retries=2, backoff_s=0.01)
-    assert runner.judge_pairs(*PAIRS) == ["inconsistent", "inconsistent"]
-    assert runner.stats()["label/judge_errors"] == 4 and all(t["attempts"] == 3 for t in runner.transcript)
+    runner = JudgeRunner(judge, budget=10, max_retries=2, backoff_s=0.01)
+    assert runner.judge_pairs(*PAIRS) == ["error", "error"]
+    assert runner.stats()["label/judge_errors/transport"] == 4 and all(t["attempts"] == 3 for t in runner.transcript)
     assert runner.cache.entries == {}

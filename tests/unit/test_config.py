@@ -46,3 +46,31 @@ def test_bad_yaml_and_bad_override(tmp_path):
         load_config(write(tmp_path, "{}"), ["novalue"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_heldout_signal_is_the_evaluate_stages_and_the_old_gate_key_names_its_new_place(tmp_path):
+    with pytest.raises(ConfigError, match=r"gate\.heldout_judge: moved to evaluate\.heldout"):
+        load_config(write(tmp_path, "gate:\n  heldout_judge: none\n"))
+    tiny = load_config("configs/tiny.yaml")  # the embedded default: the toy judge plays the held-out LLM judge
+    assert tiny.evaluate.heldout == "noisy_gold" and tiny.evaluate.heldout_judge().backend == "toy"
+    assert tiny.evaluate.heldout_judge() is not tiny.label.judge
+    for exp in ("gold-oracle", "unconstrained", "unconstrained-dpo", "rloo", "small"):
+        load_config(["configs/tiny.yaml", f"configs/experiments/{exp}.yaml"])
+    # noisy_gold without a toy judge config: noise 0.1, position bias 0.1, a budget that covers the comparisons
+    judge = LoopConfig(evaluate={"heldout": "noisy_gold", "n_prompts": 8, "samples_per_prompt": 2}).evaluate
+    assert (judge.heldout_judge().noise, judge.heldout_judge().budget) == (0.1, 32)
+    problems = {
+        "gold: null\nlabel: {seed_gold_pairs: 0}\nevaluate: {regression_set: none, heldout: noisy_gold}":
+            "evaluate.heldout='noisy_gold' needs `gold: toy`",
+        "evaluate: {heldout: judge}": r"evaluate.heldout='judge' needs evaluate.judge.backend",
+        "evaluate: {heldout: noisy_gold, judge: {backend: hf, model: m}}": "toy backend",
+        "evaluate: {heldout: judge, n_prompts: 64, samples_per_prompt: 4, judge: {backend: toy, budget: 511}}":
+            r"evaluate.judge.budget=511 does not cover.*512 calls",
+        "evaluate: {heldout: judge, n_prompts: 8, samples_per_prompt: 2, reference_completions: r.parquet,"
+        " judge: {backend: toy, budget: 32}}": r"evaluate.judge.budget=32 .*96 calls.*3 comparisons",
+        "evaluate: {heldout: none, reference_completions: r.parquet}": "needs a held-out signal",
+        "gate: {max_reference_regression: 0.05}": "needs evaluate.reference_completions",
+    }
+    for text, message in problems.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, text))

@@ -51,3 +51,20 @@ def test_in_process_runs_turn_heartbeats_off_unless_the_user_set_them(monkeypatc
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")  # the user's choice is kept
     with in_process_run():
         assert get_current_settings().flows.heartbeat_frequency == default
+
+
+def test_the_evaluate_stage_gets_its_own_heldout_judge_not_the_labeling_one():
+    """`evaluate.heldout` decides the evaluate stage's judge backend (part of its cache key); `label.judge` stays
+    label's. The held-out judge's seed is fixed across iterations and its statistics are named for evaluate."""
+    from components.config import LoopConfig, load_config
+    from flows.iteration import evaluate_setup
+
+    tiny = load_config("configs/tiny.yaml")
+    setup = evaluate_setup(tiny)
+    assert setup.judge == tiny.evaluate.judge and setup.judge.budget == 1024 and setup.gold == "toy"
+    assert (setup.judge_seed, setup.judge_metrics) == ("fixed", "evaluate/heldout_judge")
+    for heldout in ("gold", "none"):
+        setup = evaluate_setup(LoopConfig(evaluate={"heldout": heldout}))
+        assert setup.judge is None and setup.judge_seed == "iteration"
+    toy = evaluate_setup(LoopConfig(evaluate={"heldout": "noisy_gold", "n_prompts": 4, "samples_per_prompt": 2}))
+    assert toy.judge.backend == "toy" and toy.judge.budget == 16

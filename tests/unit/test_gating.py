@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from components.config import GateCheck, GateConfig, load_config
 from components.gating import decide, markdown
-from components.metrics import win_rate
+from components.metrics import pairwise_win_rate, win_rate
 from components.stages.evaluate import length_residual, reward_hacking
 
 
@@ -56,9 +56,12 @@ def test_reward_hacking_rejected_with_its_reason():
     # both signals rising is not hacking, and a proxy that does not rise significantly is not either
     assert reward_hacking(_wr(0.9, 0.85, 0.95), _wr(0.7, 0.6, 0.8)) < 0
     assert reward_hacking(_wr(0.55, 0.45, 0.65), _wr(0.3, 0.2, 0.4)) < 0
-    # without a held-out judge neither check exists (and the proxy alone decides)
-    d = decide(_metrics(heldout=(0.3, 0.2, 0.4)), GateConfig(heldout_judge="none"))
+    # without a held-out signal (evaluate.heldout: none) neither check exists (and the proxy alone decides)
+    no_heldout = {k: v for k, v in _metrics(heldout=(0.3, 0.2, 0.4)).items()
+                  if "heldout" not in k and "hacking" not in k}
+    d = decide(no_heldout, GateConfig())
     assert d.promote and "reward_hacking" not in [c.name for c in d.checks]
+    assert next(c for c in d.checks if c.name == "length_controlled_win_rate").metric.startswith("evaluate/lc_proxy")
 
 
 def test_length_controlled_win_rate_removes_a_length_only_advantage():
@@ -114,3 +117,43 @@ def test_nan_metric_never_passes_and_markdown_names_every_check():
     assert "kl_budget" in _failed(d)
     md = markdown(d.to_dict(), "iteration 3")
     assert "Decision: **REJECT**" in md and md.count("\n| ") == len(d.checks) + 1 and "kl_budget" in md
+
+
+def test_pairwise_win_rate_is_the_mean_outcome_with_a_ci_clustered_by_prompt():
+    groups = np.repeat(np.arange(4), 2)
+    outcomes = np.array([1, 1, 0, 0, 0.5, 0.5, 1, 0])
+    w = pairwise_win_rate(outcomes, groups, resamples=500, seed=1)
+    assert w["value"] == 0.5 and w["n"] == 8 and 0 <= w["ci_low"] < 0.5 < w["ci_high"] <= 1
+    # every comparison of a prompt moves together: the CI is as wide as 4 prompts allow, not 8 samples
+    assert w["ci_high"] - w["ci_low"] >= 0.5
+    assert pairwise_win_rate(np.ones(6), np.arange(6))["ci_low"] == 1.0  # unanimous: no uncertainty left
+    assert math.isnan(pairwise_win_rate([], [])["value"])  # nothing compared passes no check
+    # pointwise scores reduce to it: win_rate == pairwise_win_rate of (a > b) + ½ (a == b), same bootstrap
+    a, b = np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, -1.0])
+    assert win_rate(a, b, np.array([0, 0, 1, 1]), seed=3) == pairwise_win_rate([1, 0.5, 0, 1], [0, 0, 1, 1], seed=3)
+
+
+def _judged(proxy=(0.7, 0.6, 0.8), heldout=(0.7, 0.6, 0.8), **kw):
+    """The metrics of a judged held-out signal (noisy_gold / judge): no length-controlled held-out win rate."""
+    return {k: v for k, v in _metrics(proxy, heldout, **kw).items() if "lc_heldout" not in k}
+
+
+def test_standard_checks_with_a_judged_heldout_signal():
+    d = decide(_judged(), GateConfig())
+    assert d.promote and "heldout_win_rate" in [c.name for c in d.checks]
+    lc = next(c for c in d.checks if c.name == "length_controlled_win_rate")
+    assert lc.metric == "evaluate/lc_proxy_win_rate/ci_low" and not lc.blocking
+    d = decide(_judged(proxy=(0.9, 0.85, 0.95), heldout=(0.45, 0.35, 0.55)), GateConfig())
+    assert not d.promote and _failed(d) == ["heldout_win_rate", "reward_hacking"]
+
+
+def test_reference_regression_check_is_zenmls_rule():
+    """Beat the champion (heldout_win_rate) and do not regress against the fixed reference (tolerance)."""
+    ref = {"evaluate/candidate/reference_win_rate": 0.60, "evaluate/champion/reference_win_rate": 0.64}
+    assert "reference_regression" not in [c.name for c in decide(_judged(**ref), GateConfig()).checks]
+    assert decide(_judged(**ref), GateConfig(max_reference_regression=0.05)).promote
+    d = decide(_judged(**ref), GateConfig(max_reference_regression=0.02))
+    assert not d.promote and _failed(d) == ["reference_regression"]
+    assert d.reasons[0].startswith("reference_regression: evaluate/candidate/reference_win_rate (difference vs")
+    with pytest.raises(KeyError, match="reference_win_rate"):  # asked for, but the evaluation had no reference
+        decide(_judged(), GateConfig(max_reference_regression=0.02))

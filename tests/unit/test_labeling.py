@@ -2,6 +2,7 @@
 routing path, and the human review queue round trip."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ from components.stages import label
 from components.toy.gold import GoldOracle, gold_reward
 from components.uncertainty import aggregate
 
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 PROMPT = "review pizza crust :"
 GOOD = " the crust was great ."  # gold prefers it clearly over the two below
 BAD = " the battery was bad bad bad"
@@ -64,13 +66,35 @@ def test_routing_uncertain_order_and_resolve():
     assert m["label/human_queued"] == 2 and m["label/dropped_uncertain"] == 0
 
 
-def test_parse_verdict():
-    assert parse_verdict(" A") == "A" and parse_verdict("Response B.") == "B" and parse_verdict("AB") is None
+def test_parse_verdict_reads_only_the_final_marker():
+    assert parse_verdict("[[A]]") == "A" and parse_verdict("B looks better. [[B]]") == "B"
+    assert parse_verdict("Neither wins. [[Tie]]") == "tie" and parse_verdict("[[ b ]]") == "B"
+    assert parse_verdict("At first [[A]], but on reflection [[B]]") == "B"  # the last marker is the verdict
+    # no marker is no verdict, however clear the prose: never read a letter out of a sentence
+    for text in ["A", " A", "Response B.", "A is worse than B.", "Comparing A and B, B is better.", "", None,
+                 "[A]", "[[C]]", "**B**"]:
+        assert parse_verdict(text) is None, text
+    # reasoning models: the thinking is not the answer
+    assert parse_verdict("<think>maybe [[A]]? no</think>\nFinal: [[B]]") == "B"
+    assert parse_verdict("<think>it is [[A]] surely") is None  # cut off while thinking
+    assert parse_verdict("opened in the prompt [[A]]</think> so [[tie]]") == "tie"
+
+
+def test_resolve_never_labels_ties_or_non_verdicts():
+    unsure = np.array([True, True, True, True, True, False])
+    outcomes = ["a", "tie", "no_verdict", "error", "inconsistent", "tie"]
+    routed = routing.resolve(unsure, np.arange(6), outcomes, to_human_queue=True)
+    assert routed.source.tolist() == ["judge", "", "", "", "", "rm_ensemble"]  # a tie on a sure pair: the RMs'
+    assert routed.reason.tolist() == ["", "tie", "no_verdict", "error", "inconsistent", ""]
+    assert routed.to_human.tolist() == [False, True, True, True, True, False]
+    m = routing.routing_metrics(unsure, np.arange(6), outcomes, routed)
+    assert (m["label/judge_settled"], m["label/judge_pairs_tie"], m["label/judge_pairs_no_verdict"],
+            m["label/judge_pairs_error"], m["label/judge_inconsistent"]) == (1, 2, 1, 1, 1)
 
 
 def _toy_runner(tmp_path, noise=0.0, bias=0.0, budget=100, **kw):
     judge = ToyJudge(gold_reward, noise=noise, position_bias=bias, seed=0)
-    return JudgeRunner(judge, rubric_version="v1", budget=budget, cache_path=tmp_path / "cache.jsonl", **kw)
+    return JudgeRunner(judge, budget=budget, cache_path=tmp_path / "cache.jsonl", **kw)
 
 
 def test_judge_both_orders_budget_and_cache(tmp_path):
@@ -116,12 +140,38 @@ class Flaky:
 
 
 def test_runner_retries_with_backoff_then_gives_up():
-    runner = JudgeRunner(Flaky(2), rubric_version="v1", budget=10, max_retries=2, backoff_s=0.0)
+    runner = JudgeRunner(Flaky(2), budget=10, max_retries=2, backoff_s=0.0)
     assert runner.judge_pairs(["p"], [PROMPT], [GOOD], [BAD]) == ["a"]
     assert max(t["attempts"] for t in runner.transcript) == 3
-    dead = JudgeRunner(Flaky(100), rubric_version="v1", budget=10, max_retries=1, backoff_s=0.0)
-    assert dead.judge_pairs(["p"], [PROMPT], [GOOD], [BAD]) == ["inconsistent"]
+    dead = JudgeRunner(Flaky(100), budget=10, max_retries=1, backoff_s=0.0)
+    assert dead.judge_pairs(["p"], [PROMPT], [GOOD], [BAD]) == ["error"]
     assert dead.stats()["label/judge_errors"] == 2 and dead.cache.entries == {}  # failures are never cached
+    assert dead.stats()["label/judge_errors/transport"] == 2 and "no verdict" in dead.health_warning()
+
+
+def test_runner_gives_up_on_a_judge_that_is_down_and_counts_ties():
+    down = JudgeRunner(Flaky(10**6), budget=100, max_retries=0, backoff_s=0.0, give_up_after=3)
+    out = down.judge_pairs([str(i) for i in range(10)], [f"{PROMPT} {i}" for i in range(10)], [GOOD] * 10,
+                           [BAD] * 10)
+    assert out == ["error"] * 10 and down.judge.calls <= 4  # ~3 failures, then nothing more is sent
+    s = down.stats()
+    assert s["label/judge_calls"] == down.judge.calls and s["label/judge_errors/unavailable"] >= 16
+    toy = JudgeRunner(ToyJudge(gold_reward, noise=0.0, position_bias=0.0), budget=10, metric_prefix="x/j")
+    assert toy.judge_pairs(["p"], [PROMPT], [GOOD], [GOOD + " "]) in (["a"], ["b"], ["tie"])
+    assert toy.judge_pairs(["q"], [PROMPT], [MID], [MID]) == ["tie"]  # the same response twice: equal gold
+    assert toy.stats()["x/j_ties"] >= 1 and toy.stats()["x/j_calls"] == 3 and toy.health_warning() is None
+
+
+def test_token_budget_stops_new_pairs():
+    class Costly(Flaky):
+        def ask(self, prompt, first, second):
+            return Answer("A" if first == GOOD else "B", "[[x]]", tokens=100)
+
+    runner = JudgeRunner(Costly(0), budget=100, budget_tokens=250)
+    out = runner.judge_pairs([str(i) for i in range(4)], [f"{PROMPT} {i}" for i in range(4)], [GOOD] * 4,
+                             [BAD] * 4)
+    assert out == ["a", "a", "over_budget", "over_budget"]  # pair 1 starts at <= 200 spent, pair 2 sees >= 300
+    assert runner.stats()["label/judge_tokens"] == 400 and runner.calls == 4
 
 
 class FakeEnsemble:
@@ -231,7 +281,7 @@ def test_human_queue_import_round_trip(tmp_path, stage_inputs):
     reviewed = tmp_path / "done.jsonl"
     reviewed.write_text(json.dumps({**recs[0], "choice": "b"}) + "\n" + json.dumps({**recs[1], "choice": None}) + "\n")
     ref, counts = import_labels(ws, reviewed)
-    assert counts == {"labels": 1, "skipped": 1}
+    assert counts == {"labels": 1, "skipped": 1, "conflicting": 0}
     with pytest.raises(ValueError, match="already imported"):
         import_labels(ws, reviewed)
     assert [r.sha256 for r in pending_imports(ws, set())] == [ref.sha256]
@@ -267,3 +317,78 @@ def test_labels_import_cli_reports_file_and_line(tmp_path):
     f.write_text(json.dumps({"id": rec["id"], "choice": "b"}) + "\n")
     res = CliRunner().invoke(app, ["labels", "import", str(f), "--workspace", str(ws.root)])
     assert res.exit_code == 0 and "imported 1 human label" in res.output
+
+
+def test_label_studio_export_and_import_formats(tmp_path):
+    """Without a server: tasks for the Pairwise template out, Label Studio's documented JSON export back in
+    (tests/service/test_label_studio.py does the same against a real Label Studio)."""
+    from typer.testing import CliRunner
+
+    from components.artifacts import ArtifactStore
+    from components.human_queue import import_labels, pending_imports, queue_records, write_queue
+    from components.label_studio import LABEL_CONFIG, pairwise_result
+    from components.workspace import Workspace
+    from flows.cli import app
+
+    ws = Workspace.at(tmp_path / "ws")
+    recs = queue_records([PROMPT] * 3, [BAD, MID, GOOD], [GOOD, BAD, MID], [0.1] * 3, [0.9, 0.3, 0.5], [0.6] * 3,
+                         ["inconsistent"] * 3, iteration=1)
+    write_queue(ws, 1, recs)
+    res = CliRunner().invoke(app, ["labels", "export", "--out", str(tmp_path / "ls"), "--workspace", str(ws.root)])
+    assert res.exit_code == 0, res.output
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert (tmp_path / "ls" / "labeling-config.xml").read_text() == LABEL_CONFIG
+    assert '<Pairwise name="pw" toName="text1,text2"/>' in LABEL_CONFIG
+    assert [(t["data"]["text1"], t["data"]["text2"], t["predictions"][0]["score"]) for t in tasks] == [
+        (BAD, GOOD, 0.9), (MID, BAD, 0.3), (GOOD, MID, 0.5)]
+    assert tasks[0]["predictions"][0]["result"][0]["value"] == {"selected": "left"}
+
+    def exported(*picks):  # what Label Studio's JSON export holds: its ids, our data, annotations per task
+        return [{"id": 10 + i, **t, "annotations": [{"id": 100 + i, "was_cancelled": p == "cancel",
+                                                       "result": [] if p in (None, "cancel") else pairwise_result(p)}
+                                                      for p in (ps if isinstance(ps, tuple) else (ps,))]}
+                for i, (t, ps) in enumerate(zip(tasks, picks))]
+
+    f = tmp_path / "export.json"
+    for doc, msg in [(exported("right", "sideways"), r"export.json:1: task #2 \(Label Studio id 11\).*'left' or"),
+                     ([*exported("right"), exported("right")[0]], "task #2.*duplicate pair id"),
+                     ([{**exported("left")[0], "data": {**tasks[0]["data"], "pair_id": "zz"}}], "unknown pair id"),
+                     ([{**exported("left")[0], "data": {**tasks[0]["data"], "text1": "edited"}}], "neither response"),
+                     ([{"id": 1, "data": {"text1": BAD}}], "no data.pair_id")]:
+        f.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=msg):
+            import_labels(ws, f)
+    assert not (ws.root / "human_labels").exists()  # nothing partially imported
+    f.write_text(json.dumps(exported("right", ("left", "right"), "cancel"), indent=2))
+    res = CliRunner().invoke(app, ["labels", "import", str(f), "--workspace", str(ws.root)])
+    assert res.exit_code == 0 and "imported 1 human label" in res.output, res.output
+    assert "skipped 1 unreviewed, 1 where annotators disagreed" in res.output
+    (ref,) = pending_imports(ws, set())
+    (row,) = ArtifactStore(ws.store).read_table(ref).to_pylist()
+    assert (row["chosen"], row["rejected"], row["label_source"], row["iteration"]) == (GOOD, BAD, "human", 1)
+    res = CliRunner().invoke(app, ["labels", "export", "--out", str(tmp_path / "ls2"), "--workspace", str(ws.root)])
+    assert len(json.loads((tmp_path / "ls2" / "tasks.json").read_text())) == 2  # what is still unlabelled
+
+
+def test_rubric_is_configuration(tmp_path):
+    from components.backends.judge_base import Rubric
+    from components.config import ConfigError, load_config
+    from components.judge import make_runner
+
+    with pytest.raises(ConfigError, match=r"label\.judge\.rubric_version: moved to label\.judge\.rubric"):
+        load_config(TINY, ["label.judge.rubric_version=v2"])
+    with pytest.raises(ConfigError, match=r"label\.judge\.rubric: .*not found: nope\.md"):
+        load_config(TINY, ["label.judge.rubric=nope.md"])
+    real = Rubric.load("configs/real/judge-rubric.md", "Be fair.")
+    text = real.render("<b>hi</b>", "first one", "second one")
+    assert real.is_jinja and "<b>hi</b>" in text and text.index("first one") < text.index("second one")
+    assert real.sha256 != Rubric.load("configs/real/judge-rubric.md").sha256  # the system prompt is in the key
+    bad = tmp_path / "r.md"
+    bad.write_text("Compare {response_a} with something.")
+    with pytest.raises(ValueError, match="never shows prompt, response_b"):
+        Rubric.load(str(bad))
+    sys_file = tmp_path / "sys.txt"
+    sys_file.write_text("You are a strict judge.")
+    cfg = load_config(TINY, [f"label.judge.system_prompt={sys_file}"]).label.judge
+    runner = make_runner(cfg, gold=gold_reward, cache_dir=tmp_path)
+    assert runner.rubric_sha256 == Rubric.load(cfg.rubric, "You are a strict judge.").sha256
