@@ -12,14 +12,18 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from components.config_files import (
+    ConfigError,
+    apply_overrides,
+    invalid,
+    merge,
+    moved_keys,
+    read_yaml,
+    source,
+)
 from components.config_gate import GateCheck, GateConfig  # noqa: F401 - re-exported: `gate:`
-
-
-class ConfigError(ValueError):
-    """Bad configuration: the message names the file and the field."""
 
 
 class _Frozen(BaseModel):
@@ -32,6 +36,16 @@ class SampleConfig(_Frozen):
     n_prompts: int = Field(128, ge=1, description="Prompts drawn per iteration from the train split of the pool.")
     dedup_history: bool = Field(
         True, description="Prefer prompts not used by earlier iterations; reuse only when the pool runs out."
+    )
+    when_pool_smaller: Literal["error", "cap"] = Field(
+        "error", description="n_prompts larger than the pool's train split: error (before any stage runs, naming"
+        " both numbers), or cap = draw every train prompt once per iteration (without replacement) and log a warning."
+        " No iteration ever draws a prompt twice."
+    )
+    max_prompt_chars: int = Field(
+        20000, ge=1, description="Longest prompt (characters) the pool may hold; a longer one is an input error"
+        " naming the limit and the count, checked before any stage runs. Empty or whitespace-only prompts are"
+        " always an error."
     )
 
 
@@ -477,105 +491,34 @@ class LoopConfig(_Frozen):
         return self
 
 
-# Keys that moved to the section of the stage that owns them: an old key is an error naming its new place.
-MOVED = {
-    "label.aggregation": "ensemble.aggregation",
-    "label.uw_lambda": "ensemble.uw_lambda",
-    "train_reward.members": "ensemble.members",
-    "evaluate.gate": "gate",
-    "label.judge.rubric_version": "label.judge.rubric",
-    "gate.heldout_judge": "evaluate.heldout",
-    "train_policy.loss_type": "train_policy.dpo.loss_type",
-    "train_policy.sft_coef": "train_policy.dpo.sft_coef",
-    "train_policy.rl.kl_coef": "train_policy.beta",
-    "train_policy.probe_prompts": "train_policy.probe.prompts",
-    "train_policy.probe_samples": "train_policy.probe.samples",
-    "fanout.generate_shards": "generate.shards",
-}
-
-
-def _moved_keys(tree: dict) -> list[str]:
-    found = []
-    for old, new in MOVED.items():
-        node: Any = tree
-        for key in old.split("."):
-            node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
-        if node is not _MISSING:
-            found.append(f"  {old}: moved to {new}")
-    return found
-
-
-_MISSING = object()
-
-
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-    node[leaf] = value
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of config keys")
-    return tree
-
-
 def load_config(paths: str | Path | list, overrides: list[str] | tuple[str, ...] = ()) -> LoopConfig:
     """Read one or more YAML files (later files override earlier ones key by key, so an experiment file holds
-    only what it changes), apply `key.sub=value` overrides (values parsed as YAML), validate strictly."""
+    only what it changes), apply `key.sub=value` overrides (values parsed as YAML), validate strictly. Problems
+    name the file, or the `--set` item, that caused them."""
     paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    files = " + ".join(map(str, paths))
     tree: dict = {}
     for path in paths:
-        tree = _merge(tree, _read_yaml(path))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key.path=value")
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
-    moved = _moved_keys(tree)
-    if moved:
-        raise ConfigError(f"{' + '.join(map(str, paths))}: invalid config\n" + "\n".join(moved))
+        tree = merge(tree, read_yaml(path))
+    applied = apply_overrides(tree, overrides)
+    if moved := moved_keys(tree):
+        blame = sorted({f"--set {item}" if (item := source(old, applied)) else files for old in moved})
+        raise ConfigError(f"{' + '.join(blame)}: invalid config\n" + "\n".join(
+            f"  {old}: moved to {new}" for old, new in moved.items()))
     try:
         return LoopConfig.model_validate(tree)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            problems.append(f"  {field}: {msg}")
-        raise ConfigError(f"{' + '.join(map(str, paths))}: invalid config\n" + "\n".join(problems)) from None
+        raise invalid(err, files, applied) from None
 
 
 def with_overrides(cfg: LoopConfig, overrides: list[str] | tuple[str, ...], where: str = "--set") -> LoopConfig:
     """`cfg` (e.g. a stored run's config) with `key.sub=value` overrides applied, validated strictly."""
     tree = cfg.model_dump(mode="json")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{where} {item!r}: expected key.path=value")
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    applied = apply_overrides(tree, overrides, where)
     try:
         return LoopConfig.model_validate(tree)
     except ValidationError as err:
-        problems = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"{where}: invalid config\n" + "\n".join(problems)) from None
+        raise invalid(err, "the stored config", applied, where) from None
 
 
 def config_hash(cfg: BaseModel) -> str:

@@ -45,5 +45,22 @@ def setdefaults(values: Mapping[str, str]) -> None:
 
 
 def apply_defaults(offline: bool, quiet: bool = False, **overrides: str) -> None:
-    """`defaults(offline, quiet)` with `overrides` replacing some of its values, as environment defaults."""
+    """`defaults(offline, quiet)` with `overrides` replacing some of its values, as environment defaults; and
+    library log lines printed once (`log_once`)."""
     setdefaults({**defaults(offline, quiet), **overrides})
+    log_once()
+
+
+# Libraries that print through handlers of their own: `import dvc` gives these loggers stdout/stderr handlers
+# (dvc.logger.setup), and their records also propagated to the root logger, where Prefect's console handler
+# printed them again ("Initialized DVC repository." raw, then "| INFO | dvc.repo.init - ..."). setup() adds
+# handlers and sets levels only, so turning propagation off before or after the import sticks.
+OWN_HANDLERS = ("dvc", "dvc_objects", "dvc_data")
+
+
+def log_once() -> None:
+    """Each library log line once: loggers in OWN_HANDLERS keep their own handlers and stop propagating."""
+    import logging
+
+    for name in OWN_HANDLERS:
+        logging.getLogger(name).propagate = False

@@ -99,7 +99,9 @@ def _read_jsonl(file: Path, text: str) -> list[tuple[str, str, str | None]]:
             raise ValueError(f"{where}: not valid JSON ({err})") from None
         if not isinstance(doc, dict) or "id" not in doc or "choice" not in doc:
             raise ValueError(f"{where}: each line needs the fields 'id' and 'choice'")
-        if doc["choice"] not in CHOICES:
+        if not isinstance(doc["id"], str):
+            raise ValueError(f"{where}: 'id' must be a string (the pair id from the queue), got {doc['id']!r}")
+        if not (doc["choice"] is None or isinstance(doc["choice"], str)) or doc["choice"] not in CHOICES:
             raise ValueError(f"{where}: choice must be 'a', 'b', 'skip' or null, got {doc['choice']!r}")
         out.append((where, doc["id"], doc["choice"]))
     return out
@@ -120,6 +122,8 @@ def _validate(ws: Workspace, entries, queued: dict[str, dict]) -> tuple[list[dic
     seen: dict[str, str] = {}
     rows, counts = [], {"labels": 0, "skipped": 0, "conflicting": 0}
     for where, pid, choice in entries:
+        if not isinstance(pid, str):
+            raise ValueError(f"{where}: the pair id must be a string, got {pid!r}")
         if pid not in queued:
             raise ValueError(f"{where}: unknown pair id {pid!r} (not in any {ws.human_queue_dir}/iter-*.jsonl)")
         if pid in seen:
@@ -142,7 +146,12 @@ def import_labels(ws: Workspace, file: Path) -> tuple[ArtifactRef | None, dict[s
     exported queue and earlier imports; store its labels (see module doc). Any error: nothing is written."""
     from components import label_studio
 
-    text, queued = Path(file).read_text(), queued_records(ws)
+    try:
+        text = Path(file).read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not a text file (expected the queue's JSONL or Label Studio's JSON export)"
+                         ) from None
+    queued = queued_records(ws)
     entries = (label_studio.read_export(file, text, queued) if label_studio.is_export(text)
                else _read_jsonl(file, text))
     rows, counts = _validate(ws, entries, queued)

@@ -125,6 +125,8 @@ def read_export(file: Path, text: str, queued: dict[str, dict]) -> list[tuple[st
         pid = data.get("pair_id") or (task.get("meta") or {}).get("pair_id")
         if not pid:
             raise ValueError(f"{where}: no data.pair_id (tasks must come from `alignloop labels export`)")
+        if not isinstance(pid, str):
+            raise ValueError(f"{where}: data.pair_id must be a string, got {pid!r}")
         picks = set(_selected(task, where))
         if not picks or pid not in queued:
             out.append((where, pid, None))

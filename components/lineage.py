@@ -86,9 +86,11 @@ class Tracker:
         try:
             yield stage_run
         except BaseException as err:
+            from components.interrupts import caused_by_interrupt
+
             self.client.set_tag(run.info.run_id, "alignloop.error",
                                 "".join(traceback.format_exception(err))[-4000:])
-            self.client.set_terminated(run.info.run_id, "FAILED")
+            self.client.set_terminated(run.info.run_id, "KILLED" if caused_by_interrupt(err) else "FAILED")
             raise
         self.client.set_terminated(run.info.run_id, "FINISHED")
 

@@ -11,6 +11,18 @@ def pair_id(prompt: str, chosen: str, rejected: str) -> str:
     return hashlib.sha256("\x1f".join((prompt, chosen, rejected)).encode()).hexdigest()[:32]
 
 
+def check_same_prompt(group_ids: list[str], prompts: list[str], chosen: np.ndarray, rejected: np.ndarray) -> None:
+    """Every pair's two completions answer the same prompt: same prompt_id and same prompt text. Raises ValueError
+    naming how many pairs mix prompts and the first one (a pool with repeated ids, or a bug in pairing)."""
+    bad = [n for n, (c, r) in enumerate(zip(chosen.tolist(), rejected.tolist()))
+           if group_ids[c] != group_ids[r] or prompts[c] != prompts[r]]
+    if bad:
+        c, r = int(chosen[bad[0]]), int(rejected[bad[0]])
+        raise ValueError(f"{len(bad)} of {len(chosen)} preference pairs mix prompts, e.g. rows {c} and {r}: "
+                         f"prompt_id {group_ids[c]!r} vs {group_ids[r]!r}, prompt {prompts[c][:60]!r} vs "
+                         f"{prompts[r][:60]!r} (prompt ids must be unique per prompt text)")
+
+
 def _groups(group_ids: list[str]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
     for i, g in enumerate(group_ids):

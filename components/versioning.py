@@ -10,17 +10,16 @@ Steps of `track_iteration`: link files in, `dvc add`, git commit, `dvc push`, an
 `iter-N`. A tag therefore means "committed and on the remote"; a crash anywhere before it is repaired by
 running the same call again, and a tagged iteration is never rewritten.
 
-The data repo's DVC cache hardlinks (falling back to copies), and files come in as hardlinks of the
-artifact store's files when both share a filesystem, so an artifact is stored once on local disk. DVC
-marks hardlinked cache files read-only, which makes those store files read-only too: the store is
-write-once, and this keeps anyone from editing, in place, bytes that the DVC cache also holds.
+Files come in as copies of the artifact store's files (reflinks where the filesystem has them), never as
+hardlinks: one corruption (a flipped byte, an edit in place) must not reach both the store and DVC's copy, so
+each can repair the other (`alignloop verify --repair`). Inside the data repo the DVC cache hardlinks the
+working copy (read-only), so the repository itself still holds each file once.
 
 DVC is imported inside methods because `import dvc.api` takes ~1.8 s.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,8 +59,8 @@ class DataRepo:
             conf["remote"][REMOTE_NAME] = remote
             # autostage: DVC stages its own .dvc/.gitignore edits instead of printing git hints.
             conf["core"].update(remote=REMOTE_NAME, analytics=False, autostage=True)
-            # One local copy of each artifact (see module docstring). DVC links a file into the cache in
-            # place only when "hardlink" is listed first; "reflink,hardlink,..." would copy it in.
+            # The working copy (itself a copy of the store's file, see module docstring) linked into the
+            # cache in place: DVC does so only when "hardlink" is listed first.
             conf["cache"]["type"] = "hardlink,copy"
         self._git("add", "--", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
         self._commit_staged("configure data repository")
@@ -82,7 +81,7 @@ class DataRepo:
 
         folder = self.path / self.path_in_repo(iteration, "")
         folder.mkdir(parents=True, exist_ok=True)
-        outs = [_link_in(Path(src), folder / name) for name, src in files.items()]
+        outs = [_copy_in(Path(src), folder / name) for name, src in files.items()]
         with Repo(str(self.path)) as repo:  # one open for add and push (an open costs ~0.2 s)
             repo.add([str(o) for o in outs])
             self._git("add", "--", str(folder))
@@ -165,25 +164,26 @@ class DataRepo:
         return proc.stdout.strip()
 
 
-def _link_in(src: Path, dest: Path) -> Path:
-    """Place `src` at `dest` as hardlinks when on one filesystem, else as a copy; replaces a stale `dest`."""
+def _copy_in(src: Path, dest: Path) -> Path:
+    """Place a copy of `src` at `dest` (a reflink where possible: its own inode, shared extents copied on write);
+    replaces a stale `dest` (e.g. left by an interrupted run, possibly DVC's read-only link)."""
     if not src.exists():
         raise FileNotFoundError(f"{src}: artifact to track does not exist")
-    if dest.is_file() and src.is_file() and os.path.samefile(src, dest):
-        return dest  # linked in by an earlier, interrupted run
     if dest.is_dir():
         shutil.rmtree(dest)
     elif dest.exists():
         dest.unlink()
     if src.is_dir():
-        shutil.copytree(src, dest, copy_function=_link_or_copy)
+        shutil.copytree(src, dest, copy_function=_reflink_or_copy)
     else:
-        _link_or_copy(src, dest)
+        _reflink_or_copy(src, dest)
     return dest
 
 
-def _link_or_copy(src: str | Path, dest: str | Path) -> None:
+def _reflink_or_copy(src: str | Path, dest: str | Path) -> None:
+    from dvc_objects.fs.system import reflink
+
     try:
-        os.link(src, dest)
-    except OSError:  # another filesystem (EXDEV) or no hardlink support
+        reflink(str(src), str(dest))
+    except OSError:  # no reflink support here (ext4, another filesystem)
         shutil.copy2(src, dest)

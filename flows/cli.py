@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from flows import cmd_labels, cmd_loop, cmd_registry, cmd_service
+from flows import cmd_labels, cmd_loop, cmd_registry, cmd_service, cmd_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual online RLHF as a gated pipeline.")
 
@@ -31,6 +31,8 @@ def _load_env_file(env_file: Path = typer.Option(
 
 app.command("run")(cmd_loop.run)
 app.command("status")(cmd_loop.status)
+app.command("verify")(cmd_workspace.verify)
+app.command("repair")(cmd_workspace.repair)
 
 app.command("promote")(cmd_registry.promote)
 app.command("rollback")(cmd_registry.rollback)

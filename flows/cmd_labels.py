@@ -13,11 +13,12 @@ before anything is written; the next iteration's preferences include its labels 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
-from flows.common import WorkspaceOpt, console, workspace_dir
+from flows.common import WorkspaceOpt, console, fail, take_lock, workspace_dir
 
 
 def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False,
@@ -28,11 +29,11 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False,
     from components.workspace import Workspace
 
     ws = Workspace.at(workspace_dir(workspace))
-    try:
-        ref, counts = import_labels(ws, file)
-    except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+    with contextlib.closing(take_lock(ws.root)):  # not while a run reads the pending imports
+        try:
+            ref, counts = import_labels(ws, file)
+        except ValueError as err:
+            fail(str(err))
     where = f" as preferences {ref.short}" if ref else ""
     conflicting = f", {counts['conflicting']} where annotators disagreed" if counts.get("conflicting") else ""
     console.print(f"imported {counts['labels']} human label(s){where}, skipped {counts['skipped']} unreviewed"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from flows.common import WorkspaceOpt, console, iteration_table, quiet_env, workspace_dir
+from flows.common import WorkspaceOpt, console, fail, iteration_table, quiet_env, take_lock, workspace_dir
 
 
 def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config", "-c",
@@ -36,14 +36,16 @@ def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config
 
         validate_inputs(cfg, " + ".join(map(str, config)))
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+        fail(str(err))
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from components import interrupts
+    from components.artifacts import CorruptArtifact
+    from components.record import WorkspaceRecordError
     from components.workspace import Workspace
     from flows import iteration as it
 
-    lock = Workspace.at(ws).lock()
+    lock = take_lock(ws)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         current: dict[str, int] = {}
 
@@ -54,32 +56,59 @@ def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config
                 bar.update(current[stage], completed=1, description=f"{stage} [dim]{seconds:.1f}s[/]")
 
         try:
-            with it.in_process_run():
+            with interrupts.handling(), it.in_process_run():
                 it.continual_flow([str(c) for c in config], list(set_), str(ws), iterations, progress=listen)
+        except (WorkspaceRecordError, CorruptArtifact) as err:  # what the workspace lost: say what and how to fix
+            bar.stop()
+            fail(str(err))
+        except BaseException as err:
+            if not interrupts.caused_by_interrupt(err):
+                raise
+            _interrupted(bar, ws, err)
         finally:
             lock.close()
     console.print(iteration_table(Workspace.at(ws).ledgers()))
 
 
+def _interrupted(bar, ws: Path, err: BaseException) -> None:
+    """Ctrl-C / SIGTERM: the iteration is left resumable; end the stage's child processes and exit 128+signal."""
+    from components import interrupts
+    from components.workspace import Workspace
+
+    bar.stop()
+    interrupts.kill_tree()
+    open_iter = [d["iteration"] for d in Workspace.at(ws).ledgers() if d.get("status") == "running"]
+    where = f"iteration {open_iter[0]} is" if open_iter else "the loop is"
+    console.print(f"[yellow]interrupted[/]: {where} resumable: `alignloop run` again resumes it")
+    raise typer.Exit(interrupts.exit_code(err))
+
+
 def status(workspace: Path = WorkspaceOpt):
     """Iterations so far, the champion version, and the last gate decisions."""
     from components.workspace import Workspace
+    from flows.cmd_workspace import registry_lines, shown_ledgers
 
     ws = Workspace.at(workspace_dir(workspace))
-    ledgers = ws.ledgers()
-    if not ledgers:
+    ledgers, notes = shown_ledgers(ws)
+    if not ledgers and not notes:
         console.print(f"no iterations in {ws.root}")
         raise typer.Exit(0)
     quiet_env(ws.root)
-    from components.lineage import POLICY, REWARD_MODEL, _client
-
-    client = _client(ws.tracking_uri)
-    for name in (POLICY, REWARD_MODEL):
-        aliases = client.get_registered_model(name).aliases
-        console.print(f"{name}: " + ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())))
+    for line in registry_lines(ws):
+        console.print(line, soft_wrap=True)
     console.print(iteration_table(ledgers))
     for d in ledgers[-3:]:
         if d.get("status") == "finished":
             reasons = d["decision"]["reasons"]
             console.print(f"iter {d['iteration']}: {'promote' if d['decision']['promote'] else 'reject'}"
                           + (f" — {'; '.join(reasons)}" if reasons else ""))
+    from components import record
+
+    try:
+        problems = record.missing(ws)
+    except Exception as err:  # status reports what it can, never a traceback
+        problems = [f"could not check the workspace's record ({type(err).__name__}: {str(err)[:200]})"]
+    for note in notes + problems:
+        console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+    if problems:
+        console.print("restore them from backup, or run `alignloop repair` (re-registers from the ledger and store)")

@@ -12,6 +12,7 @@ workspace's DVC repository supply row counts and data revisions.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import typer
 
-from components.artifacts import ArtifactStore
+from components.artifacts import ArtifactStore, CorruptArtifact
 from components.config import ConfigError
 from components.lineage import POLICY, REWARD_MODEL, TAG_ITER, TAG_SHA, Tracker, _client
 from components.workspace import Workspace
-from flows.common import WorkspaceOpt, console, quiet_env, workspace_dir
+from flows.common import WorkspaceOpt, console, fail, quiet_env, take_lock, workspace_dir
+
+TAG_ROLLBACK = "alignloop.rollback"  # the last rollback's intent (see `rollback`)
 
 
 def _tracker(ws: Workspace) -> Tracker:
@@ -157,6 +160,8 @@ def regate(ws: Workspace, tracker: Tracker, version: str, overrides: list[str], 
     cfg = with_overrides(LoopConfig.model_validate_json(iteration_run(tracker, max(it, 0)).data.params["config"]),
                          overrides)
     champ = tracker.alias(POLICY, "champion")
+    for v in (mv, champ):  # a corrupt checkpoint is never gated (store.path verifies: CorruptArtifact)
+        load_path(store, v)
     stored = made is not None and made.get("status") == "finished" and \
         made["start"]["champion"]["sha256"] == champ.tags.get(TAG_SHA)
     if stored and not re_evaluate:
@@ -217,13 +222,18 @@ def promote(version: str = typer.Option(..., "--version", help="policy version t
             workspace: Path = WorkspaceOpt):
     """Re-run the eval gate for a policy version against the champion (from its stored evaluation report while
     that compared it with today's champion); promote it if it passes."""
-    from components import gating
-
     if force and not reason:
         console.print("[red]error:[/] --force needs --reason TEXT")
         raise typer.Exit(2)
     ws = open_workspace(workspace)
-    tracker = _tracker(ws)
+    with contextlib.closing(take_lock(ws.root)):  # a run gating meanwhile must not see the champion change
+        _promote(ws, version, force, reason, set_, re_evaluate)
+
+
+def _promote(ws: Workspace, version: str, force: bool, reason: str, set_: list[str], re_evaluate: bool) -> None:
+    from components import gating
+
+    tracker = _registry(ws)
     champ = tracker.alias(POLICY, "champion")
     if champ is not None and str(champ.version) == version:
         console.print(f"policy v{version} is already champion")
@@ -236,7 +246,7 @@ def promote(version: str = typer.Option(..., "--version", help="policy version t
     else:
         try:
             decision = regate(ws, tracker, version, set_, re_evaluate)
-        except ConfigError as err:
+        except (ConfigError, CorruptArtifact) as err:  # a bad --set, or a model that fails its hash check
             console.print(f"[red]error:[/] {err}")
             raise typer.Exit(2) from None
         console.print(gating.markdown(decision, f"gate: policy v{version} vs champion v{champ.version}"))
@@ -251,16 +261,78 @@ def promote(version: str = typer.Option(..., "--version", help="policy version t
 
 
 def rollback(reason: str = typer.Option("", "--reason", help="why (recorded on the demoted version)"),
+             op_id: str = typer.Option("", "--op-id", help="names this rollback (default: the --reason text): "
+                                       "running it again after it completed does nothing"),
              workspace: Path = WorkspaceOpt):
-    """Move `champion` back to `previous`."""
-    tracker = _tracker(open_workspace(workspace))
-    try:
-        demoted, restored = tracker.rollback(POLICY, {"alignloop.rolled_back_by": getpass.getuser(),
-                                                      "alignloop.rollback_reason": reason or "-"})
-    except LookupError as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+    """Move `champion` back to `previous`.
+
+    Each rollback records its intent first (registered-model tag `alignloop.rollback`: op id, from, to, done), so:
+    a rollback that was killed half-way is completed by the next `rollback` (whatever its arguments; it does not
+    walk back further); a re-run of a completed one (same --op-id, or same --reason when no --op-id) while the
+    champion is still the version it restored says so and changes nothing; anything else is a new rollback, one
+    step further back."""
+    ws = open_workspace(workspace)
+    with contextlib.closing(take_lock(ws.root)):
+        tracker = _registry(ws)
+        key = op_id or reason or None
+        if _finish_rollback(tracker) or _already_rolled_back(tracker, key):
+            return
+        champ, prev = tracker.alias(POLICY, "champion"), tracker.alias(POLICY, "previous")
+        if prev is None:
+            fail(f"{POLICY}: no `previous` alias, nothing to roll back to")
+        intent = {"op": key, "from": str(champ.version) if champ else "", "to": str(prev.version), "done": False,
+                  "reason": reason or "-", "by": getpass.getuser(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write_intent(tracker, intent)
+        demoted, restored = tracker.rollback(POLICY, {"alignloop.rolled_back_by": intent["by"],
+                                                      "alignloop.rollback_reason": intent["reason"]})
+        _write_intent(tracker, {**intent, "done": True})
     console.print(f"policy champion: v{demoted} -> v{restored}")
+
+
+def _intent(tracker: Tracker) -> dict | None:
+    raw = tracker.client.get_registered_model(POLICY).tags.get(TAG_ROLLBACK)
+    return json.loads(raw) if raw else None
+
+
+def _write_intent(tracker: Tracker, intent: dict) -> None:
+    tracker.client.set_registered_model_tag(POLICY, TAG_ROLLBACK, json.dumps(intent))
+
+
+def _finish_rollback(tracker: Tracker) -> bool:
+    """Complete a recorded rollback that did not finish (the process was killed): True if there was one."""
+    intent = _intent(tracker)
+    if not intent or intent["done"]:
+        return False
+    champ, prev = tracker.alias(POLICY, "champion"), tracker.alias(POLICY, "previous")
+    champ_v, prev_v = (str(champ.version) if champ else ""), (str(prev.version) if prev else "")
+    if (champ_v == intent["from"] and prev_v == intent["to"]) or champ_v == prev_v == intent["to"]:
+        tracker.rollback(POLICY, {"alignloop.rolled_back_by": intent["by"],
+                                  "alignloop.rollback_reason": intent["reason"]})  # not started, or half done
+    elif champ_v != intent["to"]:  # the registry moved on since (e.g. a promotion): that intent is void
+        _write_intent(tracker, {**intent, "done": True, "superseded": True})
+        return False
+    _write_intent(tracker, {**intent, "done": True})
+    name = f" {intent['op']!r}" if intent["op"] else ""
+    console.print(f"completed the interrupted rollback{name}: policy champion: v{intent['from']} -> v{intent['to']}")
+    return True
+
+
+def _already_rolled_back(tracker: Tracker, key: str | None) -> bool:
+    intent = _intent(tracker)
+    champ = tracker.alias(POLICY, "champion")
+    if key is None or not intent or intent.get("op") != key or intent.get("superseded") or champ is None \
+            or str(champ.version) != intent["to"]:
+        return False
+    console.print(f"already rolled back ({key!r}, {intent['at']}): policy champion is v{intent['to']} "
+                  f"(was v{intent['from']}); a new rollback needs another --op-id or --reason")
+    return True
+
+
+def _registry(ws: Workspace) -> Tracker:
+    try:
+        return _tracker(ws)
+    except LookupError as err:
+        fail(str(err))
 
 
 def lineage(spec: str = typer.Argument("policy@champion", help="policy@champion | policy@N | N"),

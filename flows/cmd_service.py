@@ -1,6 +1,6 @@
 """Service commands: schedule the loop on a Prefect server, and run the local team stack.
 
-    alignloop stack up [--dir workspace/stack]      # Prefect + MLflow(PostgreSQL, S3) + S3 endpoint on loopback
+    alignloop stack up [--dir workspace/stack] [--no-auth]   # Prefect + MLflow(PostgreSQL, S3) + S3 on loopback
     set -a; . ./.env; . workspace/stack/stack.env; set +a
     alignloop deploy --config configs/tiny.yaml --workspace workspace --cron "0 2 * * *"
     prefect worker start --pool alignloop
@@ -19,14 +19,17 @@ console = Console()
 StackDir = typer.Option(Path("workspace/stack"), "--dir", help="Where the stack keeps pids, logs and data.")
 
 
-def stack_up(dir: Path = StackDir, env_file: Path = typer.Option(Path(".env"), help="Secrets file.")):
+def stack_up(dir: Path = StackDir, env_file: Path = typer.Option(Path(".env"), help="Secrets file."),
+             auth: bool = typer.Option(True, help="MLflow basic auth and a Prefect API auth string, credentials "
+                                                  "generated into the secrets file (--no-auth: open servers).")):
     """Start Prefect server, PostgreSQL, MLflow server and the S3 endpoint; print how to use them."""
     from infra import stack
 
-    settings = stack.up(dir, env_file)
+    settings = stack.up(dir, env_file, auth)
     for k, v in settings.items():
         console.print(f"{k}={v}")
-    console.print(f"[dim]written to {dir.resolve() / 'stack.env'}; secrets stay in {env_file}[/]")
+    console.print(f"[dim]written to {dir.resolve() / 'stack.env'}; secrets stay in {env_file}"
+                  f"{' (MLflow and Prefect require the credentials there)' if auth else ' (no server auth)'}[/]")
 
 
 def stack_down(dir: Path = StackDir):

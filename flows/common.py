@@ -73,3 +73,27 @@ def iteration_table(ledgers: list[dict]) -> Table:
     for d in ledgers:
         table.add_row(*_iteration_row(d))
     return table
+
+
+def take_lock(root: Path):
+    """The workspace lock (components.workspace.Workspace.lock) for a command that writes the workspace, with the
+    user's mistakes as one-line errors (exit 2): a path that is a file, a directory this user cannot write, a
+    workspace another alignloop process holds. Taking it also removes a killed command's staging leftovers."""
+    from components.workspace import Workspace
+
+    try:
+        return Workspace.at(root).lock()
+    except (FileExistsError, NotADirectoryError):
+        fail(f"{root}: not a directory (a file is in the way): pass --workspace DIR")
+    except PermissionError:
+        fail(f"{root}: not writable by this user: fix its permissions or pass another --workspace")
+    except RuntimeError as err:  # held by another process
+        fail(f"{err}: wait for it to finish (or stop it) and try again")
+
+
+def fail(message: str, code: int = 2):
+    """`error: <what>: <what to do>` and exit `code` (no traceback: a user error)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 from prefect import flow
 
+from components import interrupts, record
 from components.artifacts import ArtifactRef, ArtifactStore
 from components.config import LoopConfig, config_hash, load_config
 from components.lineage import POLICY, TAG_SHA, Tracker
 from components.schemas import conform
+from components.validation import check_pool, check_settings
 from components.workspace import Workspace
 from tasks import stages as t
 
@@ -60,10 +62,8 @@ def validate_inputs(cfg: LoopConfig, config_path: str) -> None:
         table = pq.read_table(pool)
     except Exception as err:  # pyarrow raises several types for a corrupt file
         raise ValueError(f"{pool}: not a readable Parquet prompt table ({err})") from None
-    conform(table, "prompts", source=str(pool))
-    for split in ("train", "eval"):
-        if split not in set(table["split"].to_pylist()):
-            raise ValueError(f"{pool}: column 'split' has no '{split}' rows")
+    check_pool(table, cfg, str(pool))  # types, unique ids, empty/long prompts, splits, n_prompts
+    check_settings(cfg)  # warnings for settings that cannot take effect
     looks_local = cfg.policy_init.startswith((".", "/")) or Path(cfg.policy_init).exists() or "/" not in cfg.policy_init
     if looks_local and not (Path(cfg.policy_init) / "config.json").exists():
         raise FileNotFoundError(f"{config_path}: policy_init {cfg.policy_init} has no config.json (build the "
@@ -181,9 +181,11 @@ def _stage(name: str, task, record: Callable[[str, float, bool], None], progress
 @flow(name="alignloop-iteration")
 def iteration_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace",
                    progress: Listener | None = None) -> dict:
+    interrupts.rearm()  # over Prefect's SIGTERM bridge, under `alignloop run` (components/interrupts.py)
     cfg = load_config(config_path, overrides or [])
     validate_inputs(cfg, str(config_path))
     ws = Workspace.at(workspace)
+    record.check(ws)  # before anything is written: refuse if mlflow.db / data/ lost what the ledgers recorded
     store = ArtifactStore(ws.store)
     tracker = Tracker(ws.tracking_uri, ws.artifact_root, cfg.name)
     i, chash, git_sha = ws.next_iteration(), config_hash(cfg), _git_sha()
@@ -199,13 +201,20 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
         outputs, decision, data_rev = _pipeline(cfg, ctx, _start_state(cfg, ws, store, tracker, i, parent, ledger),
                                                 _recorder(ws, i, ledger), progress)
     except BaseException as err:
-        if isinstance(err, Exception):  # retries spent: a permanent failure, not a crash (a crash resumes)
+        # An Exception is a permanent failure (retries spent), not a crash (a crash resumes). An interrupt, or any
+        # error after one (e.g. the ephemeral Prefect server, gone with the Ctrl-C, refusing the crash report),
+        # leaves the iteration resumable like a crash.
+        killed = interrupts.caused_by_interrupt(err)
+        if not killed:
             _restore_champion(tracker, ledger)
             ws.write_ledger(i, {**ledger, "status": "failed", "error": repr(err)[-4000:]})
-        tracker.end_run(parent, "FAILED" if isinstance(err, Exception) else "KILLED", error=repr(err))
+        tracker.end_run(parent, "KILLED" if killed else "FAILED", error=repr(err))
+        if killed and isinstance(err, Exception):
+            raise interrupts.Interrupted(interrupts.requested() or 2) from err
         raise
     ledger.update(status="finished", outputs={k: v.model_dump() for k, v in outputs.items()}, decision=decision,
-                  data_rev=data_rev, report=store.read_json(outputs["eval_report"]))
+                  data_rev=data_rev, report=store.read_json(outputs["eval_report"]),
+                  record=record.what_must_exist(ws, tracker, i, parent, data_rev))
     ws.write_ledger(i, ledger)
     tracker.finish_iteration(parent, {f"timing/{k}_s": v for k, v in ledger["timings"].items()},
                              {"alignloop.gate": "promote" if decision["promote"] else "reject"})
@@ -285,6 +294,7 @@ def _backbone(cfg: LoopConfig, initial: ArtifactRef) -> ArtifactRef:
 def continual_flow(config_path: str | list[str], overrides: list[str] | None = None, workspace: str = "workspace",
                    iterations: int = 3, progress: Listener | None = None) -> list[dict]:
     """Run `iterations` iterations (an unfinished one, resumed, counts as the first)."""
+    interrupts.rearm()
     ws = Workspace.at(workspace)
     target, done = ws.next_iteration() + iterations, []
     while ws.next_iteration() < target:

@@ -7,6 +7,11 @@ Every service is a child process in its own session with a pid file (<dir>/pids/
 (<dir>/logs/<name>.log), so `down` stops exactly what `up` started. Connection settings (no secrets) go to
 <dir>/stack.env; secrets come from the environment or a git-ignored `.env` (see `secrets`).
 
+Authentication (on by default; `stack up --no-auth` for none): MLflow runs its basic-auth app (admin account =
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which MLflow's clients send; users in a SQLite database under
+<dir>), Prefect checks PREFECT_SERVER_API_AUTH_STRING (clients send PREFECT_API_AUTH_STRING), PostgreSQL has a
+scram password. The credentials are generated into `.env` (mode 600), which every `alignloop` command loads.
+
 S3 endpoint: moto's server mode (moto[server], PyPI). No real S3-compatible server installs here (Debian has
 no MinIO/SeaweedFS/Garage server package, PyPI `minio` is a client), and moto keeps objects in memory: fine
 for a laptop and for CI, gone on `stack down`. Teams point AWS_ENDPOINT_URL at MinIO/Ceph/S3 instead.
@@ -30,6 +35,11 @@ from components.env import TELEMETRY_OFF
 
 BUCKET = "alignloop"
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ALIGNLOOP_PG_PASSWORD")
+# what authenticated servers need: the clients' credentials (MLflow and Prefect read these names themselves) and
+# the MLflow server's CSRF key; MLFLOW_TRACKING_USERNAME is an account name, not a secret
+AUTH_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING",
+             "ALIGNLOOP_MLFLOW_SECRET_KEY")
+NOT_SECRET = ("MLFLOW_TRACKING_USERNAME",)
 
 
 def free_port() -> int:
@@ -107,10 +117,14 @@ def _http_ok(url: str) -> bool:
 
 
 # ---- services ---------------------------------------------------------------------------------------------
-def prefect_server(stack: Path, port: int, env: dict[str, str]) -> str:
-    """`prefect server start` with its own PREFECT_HOME (SQLite database) under the stack directory."""
+def prefect_server(stack: Path, port: int, env: dict[str, str], auth_string: str | None = None) -> str:
+    """`prefect server start` with its own PREFECT_HOME (SQLite database) under the stack directory; with
+    `auth_string` every API call but the health check needs HTTP basic auth with it (PREFECT_API_AUTH_STRING)."""
     env = {**env, "PREFECT_HOME": str(stack / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": ""}
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     url = f"http://127.0.0.1:{port}/api"
     start(stack, "prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
                              "--no-ui"], env, lambda: _http_ok(f"{url}/health"))
@@ -179,46 +193,74 @@ def postgres(stack: Path, port: int, env: dict[str, str]) -> str:
     return f"postgresql://alignloop@127.0.0.1:{port}/mlflow"
 
 
-def mlflow_server(stack: Path, port: int, backend: str, s3: str, env: dict[str, str]) -> str:
-    """MLflow tracking + registry on PostgreSQL, serving artifacts that it stores on the S3 endpoint."""
+def _mlflow_auth(stack: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """MLflow's basic-auth app: (server flags, server environment). Its config file holds no secret (the admin
+    account comes from the environment, and only a salted hash of its password reaches the user database)."""
+    ini = stack / "mlflow-auth.ini"
+    ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                   f"database_uri = sqlite:///{(stack / 'mlflow-auth.db').resolve()}\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return ["--app-name", "basic-auth"], {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": env["MLFLOW_TRACKING_USERNAME"],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": env["ALIGNLOOP_MLFLOW_SECRET_KEY"]}
+
+
+def mlflow_server(stack: Path, port: int, backend: str, s3: str, env: dict[str, str], auth: bool = False) -> str:
+    """MLflow tracking + registry on PostgreSQL, serving artifacts that it stores on the S3 endpoint; with `auth`,
+    behind MLflow's basic-auth app (clients: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
+    flags, auth_env = _mlflow_auth(stack, env) if auth else ([], {})
     env = {**env, "PGPASSWORD": env["ALIGNLOOP_PG_PASSWORD"], "MLFLOW_S3_ENDPOINT_URL": s3,
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else helpers outlive a stop
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **auth_env}  # else helpers outlive a stop
     url = f"http://127.0.0.1:{port}"
     start(stack, "mlflow", [_bin("mlflow"), "server", "--backend-store-uri", backend,
                             "--artifacts-destination", f"s3://{BUCKET}/mlartifacts", "--host", "127.0.0.1",
-                            "--port", str(port), "--workers", "1"], env, lambda: _http_ok(f"{url}/health"))
+                            "--port", str(port), "--workers", "1", *flags], env, lambda: _http_ok(f"{url}/health"))
     return url
 
 
 # ---- the whole stack --------------------------------------------------------------------------------------
-def secrets(env_file: Path) -> dict[str, str]:
-    """S3 keys and the database password: from the environment, else `env_file` (git-ignored `.env`); missing
-    ones are generated once and appended there (mode 600), so `up` works on a fresh checkout."""
+def _generated(key: str) -> str:
+    if key == "MLFLOW_TRACKING_USERNAME":
+        return "alignloop"
+    if key == "PREFECT_API_AUTH_STRING":  # user:password, what HTTP basic auth carries
+        return f"alignloop:{_secrets.token_hex(16)}"
+    return _secrets.token_hex(16)
+
+
+def secrets(env_file: Path, auth: bool = True) -> dict[str, str]:
+    """S3 keys, the database password and (with `auth`) the servers' credentials: from the environment, else
+    `env_file` (git-ignored `.env`); missing ones are generated once and appended there (mode 600), so `up`
+    works on a fresh checkout and every command, which loads `.env`, authenticates."""
     from dotenv import dotenv_values
 
+    keys = SECRET_KEYS + AUTH_KEYS * auth
     found = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.exists() else {}
-    found.update({k: os.environ[k] for k in SECRET_KEYS if os.environ.get(k)})
-    missing = {k: _secrets.token_hex(16) for k in SECRET_KEYS if k not in found}
+    found.update({k: os.environ[k] for k in keys if os.environ.get(k)})
+    missing = {k: _generated(k) for k in keys if k not in found}
     if missing:
         with env_file.open("a") as fh:
             fh.writelines(f"{k}={v}\n" for k, v in missing.items())
+    if env_file.exists():
         env_file.chmod(0o600)
-    return {k: {**found, **missing}[k] for k in SECRET_KEYS}
+    return {k: {**found, **missing}[k] for k in keys}
 
 
-def up(stack: Path, env_file: Path = Path(".env")) -> dict[str, str]:
+def up(stack: Path, env_file: Path = Path(".env"), auth: bool = True) -> dict[str, str]:
     """Start everything (what is already running is left alone); returns the settings, also written (without
-    secrets) to <stack>/stack.env for `set -a; . .env; . <stack>/stack.env; set +a`."""
+    secrets) to <stack>/stack.env for `set -a; . .env; . <stack>/stack.env; set +a`. With `auth` (default)
+    MLflow and Prefect refuse unauthenticated clients (credentials in `env_file`)."""
     stack = stack.resolve()
     stack.mkdir(parents=True, exist_ok=True)
     if running(stack):
         raise RuntimeError(f"{stack}: stack already running ({', '.join(running(stack))}); `alignloop stack down`")
-    env = {**os.environ, **secrets(env_file), "AWS_DEFAULT_REGION": "us-east-1", **TELEMETRY_OFF}
+    env = {**os.environ, **secrets(env_file, auth), "AWS_DEFAULT_REGION": "us-east-1", **TELEMETRY_OFF}
     try:
         s3 = s3_endpoint(stack, free_port(), env)
-        settings = {"PREFECT_API_URL": prefect_server(stack, free_port(), env),
+        settings = {"PREFECT_API_URL": prefect_server(stack, free_port(), env,
+                                                      env["PREFECT_API_AUTH_STRING"] if auth else None),
                     "MLFLOW_TRACKING_URI": mlflow_server(stack, free_port(), postgres(stack, free_port(), env), s3,
-                                                         env),
+                                                         env, auth),
                     "AWS_ENDPOINT_URL": s3, "MLFLOW_S3_ENDPOINT_URL": s3, "AWS_DEFAULT_REGION": "us-east-1",
                     "ALIGNLOOP_DVC_REMOTE": f"s3://{BUCKET}/dvc", "ALIGNLOOP_ARTIFACT_REMOTE": f"s3://{BUCKET}/store"}
     except BaseException:

@@ -75,13 +75,27 @@ def accelerate(stage: str, cfg: BaseModel, inputs: Inputs, ensemble: EnsembleCon
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         cmd = accelerate_command(launch, job)
         logger.info("launching %s: %s", stage, " ".join(cmd))
-        proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+        proc = _run_child(cmd, {**os.environ, "PYTHONPATH": path})
         if proc.returncode != 0 or not result.exists():
             raise RuntimeError(f"{stage} under accelerate failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-STDERR_TAIL:]}")
         doc = json.loads(result.read_text())
     outputs = {k: Output(o["kind"], dir=Path(o["dir"]), meta=o["meta"]) for k, o in doc["outputs"].items()}
     return StageResult(outputs=outputs, metrics=doc["metrics"], history=doc["history"])
+
+
+def _run_child(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """subprocess.run, except that an interrupt (Ctrl-C, SIGTERM: components.interrupts) or any other exception
+    while waiting ends accelerate's workers too, not only `accelerate launch` (which would orphan them)."""
+    from components.interrupts import kill_tree
+
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            kill_tree(proc.pid, include_self=True)
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _run_job(job: dict) -> StageResult:

@@ -66,6 +66,7 @@ def label_by_ensemble(cfg: LabelConfig, prompts, completions, groups, members: n
     """(preferences, metrics, queue records, (chosen, rejected)) from member scores [K, N] and their aggregate
     `reward` [N], routing uncertain pairs to `judge` (None: no judge)."""
     chosen, rejected = build_pairs(cfg, groups, reward, rng)
+    prefs.check_same_prompt(groups, prompts, chosen, rejected)
     stats = pair_statistics(members, chosen, rejected)
     margin, std, agree = reward[chosen] - reward[rejected], stats["margin_std"], stats["agreement"]
     unsure = routing.uncertain(margin, std, agree, cfg.min_margin_over_std, cfg.min_agreement)
@@ -103,6 +104,7 @@ def _label_by_gold(cfg: LabelConfig, prompts, completions, groups, gold_r: np.nd
         a, b = prefs.random_pairs(groups, cfg.seed_gold_pairs, rng)
         chosen, rejected, distinct = prefs.orient(gold_r, a, b)
         chosen, rejected = chosen[distinct], rejected[distinct]
+    prefs.check_same_prompt(groups, prompts, chosen, rejected)
     n = len(chosen)
     table = _pairs_table(prompts, completions, chosen, rejected, gold_r[chosen] - gold_r[rejected],
                          np.zeros(n), np.ones(n), "gold", iteration)

@@ -67,3 +67,51 @@ def test_status_prints_aliases_the_iteration_table_and_the_last_decisions(tmp_pa
     assert rows["2"] == ["-"] * 6 + ["failed", "-", "-", "-"]
     assert "iter 0: promote" in lines and "iter 1: reject — KL 9.10 > max_kl 8.00" in lines
     assert not any(line.startswith("iter 2") for line in lines)  # only finished iterations have a decision
+
+
+def _status(tmp_path: Path, ws: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ALIGNLOOP_WORKSPACE")}
+    return subprocess.run([EXE, "status", "--workspace", str(ws)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_status_after_the_only_iteration_failed(tmp_path):
+    """The first iteration registered the initial policy, then a stage failed: no reward model exists."""
+    from components.lineage import POLICY, _client
+    from components.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    ws.write_ledger(0, {"iteration": 0, "status": "failed", "config_hash": "c0ffee", "timings": {"generate": 1.0},
+                        "error": "RuntimeError('boom')"})
+    client = _client(ws.tracking_uri)
+    client.create_registered_model(POLICY)
+    client.create_model_version(POLICY, (tmp_path / "p").as_uri())
+    client.set_registered_model_alias(POLICY, "champion", "1")
+    r = _status(tmp_path, ws.root)
+    assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "policy: champion=v1" in lines and "reward-model: not registered" in lines
+    assert any(line.strip("│┃ ").startswith("0 ") and "failed" in line for line in lines), r.stdout
+
+
+def test_status_on_odd_workspaces(tmp_path):
+    from components.workspace import Workspace
+
+    # nothing at all, and a ledger directory without ledgers
+    (tmp_path / "empty" / "ledger").mkdir(parents=True)
+    for root in (tmp_path / "none", tmp_path / "empty"):
+        r = _status(tmp_path, root)
+        assert r.returncode == 0 and "no iterations in" in r.stdout, r.stdout + r.stderr
+    # a torn ledger, a "finished" one without its report, a running one; no mlflow.db at all, no data repo
+    ws = Workspace.at(tmp_path / "odd")
+    ws.write_ledger(0, {"iteration": 0, "status": "finished", "config_hash": "c", "timings": {}, "data_rev": "abc"})
+    ws.write_ledger(1, {"iteration": 1, "status": "running", "config_hash": "c", "timings": {}})
+    (ws.root / "ledger" / "iter-0002.json").write_text('{"iteration": 2, "sta')
+    r = _status(tmp_path, ws.root)
+    out = r.stdout
+    assert r.returncode == 0 and "Traceback" not in out + r.stderr, out + r.stderr
+    assert not (ws.root / "mlflow.db").exists()  # status never creates a tracking store
+    assert "no tracking store" in out and "iter-0002.json: unreadable ledger" in out
+    assert "iter-0000.json: incomplete finished ledger" in out
+    assert "mlflow.db (the MLflow tracking store and model registry) is missing" in out
+    assert "alignloop repair" in out

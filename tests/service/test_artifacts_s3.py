@@ -51,3 +51,28 @@ def test_upload_without_sidecar_is_invisible(tmp_path, s3):
         ArtifactStore(tmp_path / "b", remote="s3://alignloop/store").ref("eval_report", "abc")
     ref = store.put_json("eval_report", {"x": 1})
     assert store.remote.has(f"eval_report/{ref.sha256}.ref.json")
+
+
+def test_a_corrupt_local_copy_is_replaced_from_the_mirror(tmp_path, s3):
+    import os
+
+    from components.artifacts import ArtifactStore, CorruptArtifact
+
+    store = ArtifactStore(tmp_path / "a", remote="s3://alignloop/store")
+    with store.staging_dir() as d:
+        (d / "m").mkdir()
+        (d / "m" / "model.safetensors").write_bytes(b"\1" * 64)
+        ref = store.put_dir("policy", d / "m")
+    weights = store.root / ref.uri / "model.safetensors"
+    st = weights.stat()
+    weights.write_bytes(b"\1" * 63 + b"\2")  # a flipped byte, mtime moved
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert (store.path(ref) / "model.safetensors").read_bytes() == b"\1" * 64  # re-fetched, verified, replaced
+    assert not any((tmp_path / "a" / ".staging").iterdir())
+
+    # the mirror's copy is bad too: nothing good to fetch, the error names the artifact
+    store.remote.s3.put_object(Bucket="alignloop", Key=f"store/{ref.uri}/model.safetensors", Body=b"\3" * 64)
+    weights.write_bytes(b"\1" * 63 + b"\2")
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000))
+    with pytest.raises(CorruptArtifact, match=f"corrupt policy artifact {ref.sha256}"):
+        store.path(ref)

@@ -1,5 +1,6 @@
 """The team stack for real: `alignloop stack up` (moto S3, PostgreSQL, MLflow server, Prefect server on loopback),
-two iterations against it, then independent clients check each service, and no secret leaked anywhere."""
+two iterations against it (authenticated with the generated `.env`), then independent clients check each service,
+unauthenticated ones are refused, and no secret leaked anywhere."""
 
 import os
 import shutil
@@ -24,8 +25,9 @@ def stack_env(tmp_path_factory):
     env_file = d / ".env"
     r = subprocess.run([EXE, "stack", "up", "--dir", str(d / "s"), "--env-file", str(env_file)],
                        capture_output=True, text=True, timeout=600, env={
-                           k: v for k, v in os.environ.items() if k not in stack.SECRET_KEYS})
+                           k: v for k, v in os.environ.items() if k not in stack.SECRET_KEYS + stack.AUTH_KEYS})
     assert r.returncode == 0, r.stdout + r.stderr
+    assert env_file.stat().st_mode & 0o777 == 0o600
     from dotenv import dotenv_values
 
     secrets = dotenv_values(env_file)
@@ -36,11 +38,41 @@ def stack_env(tmp_path_factory):
     assert "postgres" in down.stdout
 
 
-def test_two_iterations_on_the_stack(tmp_path, tiny_bootstrap, stack_env):
+def _status(url: str, auth: tuple[str, str] | None = None, data: bytes | None = None) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_servers_refuse_unauthenticated_clients(stack_env):
+    _, env, secrets, _ = stack_env
+    mlflow = env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    prefect, body = env["PREFECT_API_URL"] + "/flows/filter", b"{}"
+    assert _status(mlflow) == 401 and _status(prefect, data=body) == 401
+    assert _status(mlflow, ("alignloop", "wrong")) == 401 and _status(prefect, ("x", "y"), body) == 401
+    user, password = secrets["MLFLOW_TRACKING_USERNAME"], secrets["MLFLOW_TRACKING_PASSWORD"]
+    assert _status(mlflow, (user, password)) == 200
+    assert _status(prefect, tuple(secrets["PREFECT_API_AUTH_STRING"].split(":", 1)), body) == 200
+
+
+def test_two_iterations_on_the_stack(tmp_path, tiny_bootstrap, stack_env, monkeypatch):
     import boto3
     from mlflow import MlflowClient
 
+    from infra import stack
+
     d, env, secrets, up_log = stack_env
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # this process's MLflow client
+        monkeypatch.setenv(k, secrets[k])
     cfg, ws = service_config(tmp_path, tiny_bootstrap, "stackloop"), tmp_path / "ws"
     r = subprocess.run([EXE, "run", "-c", str(cfg), "-w", str(ws), "-n", "2"], env=env, capture_output=True,
                        text=True, timeout=1200)
@@ -75,6 +107,8 @@ def test_two_iterations_on_the_stack(tmp_path, tiny_bootstrap, stack_env):
                 *(x.data.tags for x in client.search_runs([exp.experiment_id]))]
     files = [p for root in (ws, d / "s") for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()]
     for name, value in secrets.items():
+        if name in stack.NOT_SECRET:
+            continue
         assert all(value not in str(h) for h in haystack), f"{name} leaked into output or MLflow"
         leaked = [p for p in files if value.encode() in p.read_bytes()]
         assert not leaked, f"{name} found in {leaked}"
