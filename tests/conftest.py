@@ -61,6 +61,12 @@ def flow_config(tmp_path: Path, boot: dict, **label) -> Path:
 
 
 @pytest.fixture(scope="session")
+def make_flow_config():
+    """`flow_config` for test modules (importing it from `conftest` is ambiguous: tests/stages has one too)."""
+    return flow_config
+
+
+@pytest.fixture(scope="session")
 def two_iteration_loop(tmp_path_factory, tiny_bootstrap, prefect_backend):
     """(config path, workspace, ledgers) of one real two-iteration run, shared by tests/flows/*. Tests that move
     registry aliases must put them back."""

@@ -10,13 +10,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def one_iteration(tmp_path_factory, tiny_bootstrap, prefect_backend):
-    from conftest import flow_config
-
+def one_iteration(tmp_path_factory, tiny_bootstrap, prefect_backend, make_flow_config):
     from flows.iteration import continual_flow
 
     tmp = tmp_path_factory.mktemp("record_flow")
-    cfg, ws = flow_config(tmp, tiny_bootstrap), tmp / "ws"
+    cfg, ws = make_flow_config(tmp, tiny_bootstrap), tmp / "ws"
     continual_flow(str(cfg), [], str(ws), 1)
     return cfg, ws
 

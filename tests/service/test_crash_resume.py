@@ -71,7 +71,7 @@ def _visible_artifacts_whole(store: Path) -> None:
     """Every artifact a reader can see (<kind>/<sha>[.parquet|.json]) has exactly the content its name claims."""
     from components.artifacts import _file_sha, dir_sha
 
-    for kind in (p for p in store.iterdir() if p.is_dir() and p.name != ".staging"):
+    for kind in (p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):  # .staging, .verified
         for path in kind.iterdir():
             if path.name.endswith((".ref.json", ".tmp")):
                 continue
