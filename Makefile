@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Environment defaults: the Python code's single definition is components/env.py (TELEMETRY_OFF, TOY_DEFAULTS,
 # RUNTIME); these exports repeat the ones `make` targets need (the embedded default and the tests). Keep in step.
+# HF_HUB_OFFLINE / OMP_NUM_THREADS (TOY_DEFAULTS) are for the toy only: run a real config with `alignloop run`
+# outside make (it sets them only for `gold: toy`, components.env.offline_for).
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true

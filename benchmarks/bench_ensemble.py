@@ -56,7 +56,8 @@ def main() -> None:
     variants |= {f"K={k} shared": (k, [build(str(boot["policy"]), k, root / f"shared-{k}")]) for k in ks}
     n_prompts = max(1, args.pairs // 4)
     texts = pq.read_table(boot["prompts"]).slice(0, n_prompts)["prompt"].to_pylist()
-    gens, _ = sample(GenerateConfig(samples_per_prompt=4, max_new_tokens=32), texts, str(boot["policy"]), seed=0)
+    cfg = GenerateConfig(samples_per_prompt=4, max_new_tokens=32, batch_size=128)  # the figures' batching
+    gens, _ = sample(cfg, texts, str(boot["policy"]), seed=0)
     p, c = [texts[g.prompt_index] for g in gens], [g.completion for g in gens]
 
     score_s = {v: [] for v in variants}

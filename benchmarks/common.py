@@ -223,7 +223,8 @@ class PlainStages:
 
             runner = make_runner(judge, gold=oracle, seed=Seeds(self.seed, iteration, stage).sub("judge"),
                                  cache_dir=self.judge_cache)
-        return Backends(models=Models(inputs, ensemble=self.cfg.ensemble, generate=self.cfg.generate), gold=oracle,
+        return Backends(models=Models(inputs, ensemble=self.cfg.ensemble, generate=self.cfg.generate,
+                                         models=self.cfg.models), gold=oracle,
                         judge=runner)
 
     def call(self, stage: str, stage_cfg=None, *, iteration: int, gold: bool = False, judge=None, **refs):

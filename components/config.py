@@ -24,6 +24,8 @@ from components.config_files import (
     source,
 )
 from components.config_gate import GateCheck, GateConfig  # noqa: F401 - re-exported: `gate:`
+from components.config_models import GenerateConfig, ModelsConfig  # `generate:`, `models:`
+from components.retention import RetentionConfig  # `retention:` (alignloop gc), defined with gc
 
 
 class _Frozen(BaseModel):
@@ -46,30 +48,6 @@ class SampleConfig(_Frozen):
         20000, ge=1, description="Longest prompt (characters) the pool may hold; a longer one is an input error"
         " naming the limit and the count, checked before any stage runs. Empty or whitespace-only prompts are"
         " always an error."
-    )
-
-
-class GenerateConfig(_Frozen):
-    """Stage 2, generate: on-policy completions from the current champion."""
-
-    samples_per_prompt: int = Field(8, ge=2, description="K completions per prompt (pairs need at least 2).")
-    max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    batch_size: int = Field(128, ge=1, description="Prompts×samples decoded together in one `generate` call.")
-    shards: int = Field(
-        1, ge=1, description="Contiguous prompt shards, each sampled with a seed derived from (seed, shard) (at most"
-        " one per prompt; 1 = no sharding). With fanout.task_runner: ray, one Ray task per shard (fanout.num_cpus/"
-        "num_gpus as for members); otherwise the shards run one after another in the generate task, with the same"
-        " rollouts."
-    )
-    backend: Literal["hf", "vllm"] = Field(
-        "hf",
-        description="hf: transformers generate (CPU or GPU); vllm: vLLM's offline engine (needs the `vllm` extra"
-        " and a CUDA device, else it falls back to hf with a warning).",
-    )
-    gpu_memory_utilization: float = Field(
-        0.5, gt=0, le=1, description="vllm only: share of GPU memory vLLM may take (weights + KV cache)."
     )
 
 
@@ -147,17 +125,60 @@ class JudgeConfig(_Frozen):
         return value
 
 
+class PretrainedRM(_Frozen):
+    """A pretrained reward model (`AutoModelForSequenceClassification`) the ensemble starts with."""
+
+    path: str = Field(description="from_pretrained directory or hub id of the reward model (its own tokenizer and"
+                      " chat template score the conversations).")
+    frozen: bool = Field(
+        True, description="true: a frozen member, scored every iteration and never retrained; false: a starting"
+        " point: it scores until the first members are trained, and trained members start from it (round-robin"
+        " over the non-frozen ones) instead of `train_reward.init`."
+    )
+
+
 class EnsembleConfig(_Frozen):
     """The reward-model ensemble: how many members train_reward trains, and how every stage that scores (label,
-    train_policy's RL reward and probe, evaluate) combines their rewards into one."""
+    train_policy's RL reward and probe, evaluate) combines their rewards into one. Its scorers are the frozen
+    `pretrained` reward models followed by the trained members; before any member is trained (iteration 0) every
+    `pretrained` reward model (frozen or not) is the ensemble."""
 
-    members: int = Field(3, ge=1, description="Ensemble size K; members differ by seed and bootstrap resample.")
+    members: int = Field(
+        3, ge=0, description="Members train_reward trains (K trained); they differ by seed and bootstrap resample."
+        " 0 = train none (only frozen `pretrained` reward models score); at least one scorer must exist."
+    )
+    pretrained: list[PretrainedRM] = Field(
+        default_factory=list, description="Pretrained reward models: frozen members and/or starting points of the"
+        " trained ones (cold start without gold: iteration 0 labels with them)."
+    )
+    score_batch_size: int = Field(32, ge=1, description="Sequences per reward-model forward pass when scoring.")
     aggregation: Literal["mean", "worst_case", "uncertainty_weighted"] = Field(
         "mean",
         description="How member rewards r_1..r_K combine: mean; worst_case = min_k r_k;"
         " uncertainty_weighted = mean - uw_lambda * var_k r_k.",
     )
     uw_lambda: float = Field(1.0, ge=0, description="Variance penalty λ of `uncertainty_weighted`.")
+
+    @property
+    def frozen_paths(self) -> list[str]:
+        return [p.path for p in self.pretrained if p.frozen]
+
+    @property
+    def start_paths(self) -> list[str]:
+        """Non-frozen pretrained reward models: where trained members start (round-robin)."""
+        return [p.path for p in self.pretrained if not p.frozen]
+
+    @property
+    def scorers(self) -> int:
+        """Scorers once members are trained: frozen pretrained reward models + trained members."""
+        return len(self.frozen_paths) + self.members
+
+    @model_validator(mode="after")
+    def _some_scorer(self) -> EnsembleConfig:
+        if self.scorers == 0:
+            raise ValueError("ensemble.members=0 needs at least one frozen ensemble.pretrained reward model "
+                             "(nothing would score)")
+        return self
 
 
 class LabelConfig(_Frozen):
@@ -175,7 +196,8 @@ class LabelConfig(_Frozen):
         " of the margin; pairs inside the ensemble's uncertainty are routed (judge, then `uncertain`).",
     )
     seed_gold_pairs: int = Field(
-        1000, ge=0, description="Gold-labelled random pairs in the first iteration, before any reward model exists."
+        1000, ge=0, description="Gold-labelled random pairs in the first iteration, before any reward model exists"
+        " (only with a gold oracle; without one iteration 0 cold-starts: see LoopConfig)."
     )
     pairing: Literal["best_vs_worst", "all_pairs", "rejection_sampling"] = Field(
         "best_vs_worst",
@@ -198,6 +220,18 @@ class LabelConfig(_Frozen):
         description="Uncertain pairs the judge could not settle (inconsistent, over budget, or no judge): drop them,"
         " or also export them to <workspace>/human_queue/iter-NNNN.jsonl for `alignloop labels import`.",
     )
+    seed_preferences: str | None = Field(
+        None, description="A TRL-format preference file (JSONL/JSON/Parquet/CSV or a `datasets` directory) of seed"
+        " data, added once (iteration 0's preferences, label_source = imported, trusted like gold/human labels):"
+        " standard rows (prompt/chosen/rejected strings) or conversational ones (prompt = messages, chosen/rejected ="
+        " [assistant message]; implicit-prompt rows with the shared turns in chosen/rejected too). None = none."
+    )
+    truncated: Literal["keep", "drop", "penalise"] = Field(
+        "keep", description="Rollouts cut at max_new_tokens (finish_reason = length): keep them as they are, drop"
+        " them from pairing, or penalise = subtract `truncation_penalty` from their aggregate reward. Counted as"
+        " label/truncated."
+    )
+    truncation_penalty: float = Field(1.0, ge=0, description="truncated=penalise: reward subtracted.")
 
 
 class LoraSettings(_Frozen):
@@ -228,7 +262,10 @@ class RewardConfig(_Frozen):
     learning_rate: float = Field(3e-5, gt=0)
     epochs: int = Field(6, ge=1, description="Epochs of a from-scratch training (no previous ensemble).")
     batch_size: int = Field(32, ge=1)
-    max_length: int = Field(64, ge=8)
+    max_length: int = Field(2048, ge=8, description="Longest scored sequence (tokens) trained on; longer pairs"
+                            " are dropped and counted.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (TRL's"
+                                         " gradient_checkpointing): less memory, ~30% more time.")
     heldout_frac: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for pair accuracy.")
     bootstrap: bool = Field(True, description="Each member trains on a bootstrap resample (diversity).")
     shared_backbone: bool = Field(
@@ -327,7 +364,16 @@ class PolicyConfig(_Frozen):
         "initial", description="initial: the loop's starting policy (fixed anchor, so KL in the gate is total drift;"
         " default); previous: the champion (allows larger total drift, one trust region per iteration)."
     )
-    max_length: int = Field(64, ge=8)
+    max_prompt_length: int = Field(
+        1024, ge=1, description="Prompt tokens trained on: a longer DPO prompt keeps its last max_prompt_length"
+        " tokens (the latest turns and the generation prompt); an RL prompt longer than this is skipped and counted."
+    )
+    max_length: int = Field(
+        2048, ge=8, description="Longest DPO sequence (prompt + completion tokens): completions are cut to fit;"
+        " a pair whose prompt leaves no room is skipped and counted (train_policy/pairs_too_long)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (TRL's"
+                                         " gradient_checkpointing): less memory, ~30% more time.")
     dpo: DPOConfig = DPOConfig()
     rl: RLConfig = RLConfig()
     lora: LoraSettings = LoraSettings()
@@ -455,6 +501,7 @@ class LoopConfig(_Frozen):
     )
     sample: SampleConfig = SampleConfig()
     generate: GenerateConfig = GenerateConfig()
+    models: ModelsConfig = ModelsConfig()
     label: LabelConfig = LabelConfig()
     train_reward: RewardConfig = RewardConfig()
     train_policy: PolicyConfig = PolicyConfig()
@@ -463,6 +510,7 @@ class LoopConfig(_Frozen):
     ensemble: EnsembleConfig = EnsembleConfig()
     train_launch: LaunchConfig = LaunchConfig()
     fanout: FanoutConfig = FanoutConfig()
+    retention: RetentionConfig = RetentionConfig()
     report: bool = Field(
         True, description="Render the HTML iteration report (matplotlib; ~1-2 s per iteration plus ~3 s of imports "
         "once per process on a 2-core CPU) at the end of every iteration and log it to the iteration's MLflow run. "
@@ -476,18 +524,23 @@ class LoopConfig(_Frozen):
 
     @model_validator(mode="after")
     def _gold_needed(self) -> LoopConfig:
-        needs_gold = self.label.labeler == "gold" or self.label.seed_gold_pairs > 0
-        if needs_gold and self.gold is None:
-            raise ValueError("label.labeler='gold' or label.seed_gold_pairs > 0 needs `gold: toy`")
+        if self.label.labeler == "gold" and self.gold is None:
+            raise ValueError("label.labeler='gold' needs `gold: toy`")
         if self.evaluate.heldout in ("gold", "noisy_gold") and self.gold is None:
             raise ValueError(f"evaluate.heldout={self.evaluate.heldout!r} needs `gold: toy` (or evaluate.heldout="
                              "'judge' with an LLM judge, or 'none')")
         if self.evaluate.heldout == "judge" and self.evaluate.judge.backend == "toy" and self.gold is None:
             raise ValueError("evaluate.judge.backend='toy' plays the judge with the gold oracle: it needs `gold: toy`")
+        if self.label.judge.backend == "toy" and self.gold is None:
+            raise ValueError("label.judge.backend='toy' plays the judge with the gold oracle: it needs `gold: toy`")
         if self.gate.max_reference_regression is not None and not self.evaluate.reference_completions:
             raise ValueError("gate.max_reference_regression needs evaluate.reference_completions")
         if self.evaluate.regression_set == "toy" and self.gold is None:
             raise ValueError("evaluate.regression_set='toy' needs `gold: toy` (or a Parquet path, or 'none')")
+        cold = self.ensemble.pretrained or self.label.seed_preferences or self.label.judge.backend != "none"
+        if self.gold is None and not cold:
+            raise ValueError("gold: null needs a cold start: set ensemble.pretrained (pretrained reward models), "
+                             "label.seed_preferences (a TRL preference file) and/or label.judge (an LLM judge)")
         return self
 
 

@@ -6,9 +6,11 @@ offline with one CPU thread.
 
 Every value is a default (`os.environ.setdefault`): what the user exported wins. Who applies what:
   * TELEMETRY_OFF: fine everywhere (CLI, tests, benchmarks, the service stack's processes, any MLflow client).
-  * TOY_DEFAULTS (HF_HUB_OFFLINE=1, OMP_NUM_THREADS=1): only the embedded default (toy) and the tests force these;
-    a real model needs the hub and its threads. (Today the CLI applies them to every run; where they apply is
-    the caller's decision, this module only defines them.)
+  * TOY_DEFAULTS (HF_HUB_OFFLINE=1, OMP_NUM_THREADS=1): only the embedded default and the tests set these; a real
+    config downloads from the hub as transformers normally does and uses torch's threads. The rule is
+    `offline_for(cfg)`: a config with `gold: toy` (the embedded toy task) is the embedded default. `alignloop run`
+    and `alignloop deploy` load the config first and apply them only then (before transformers is imported);
+    commands that load no config (status, verify, repair, the registry commands) leave them alone.
   * RUNTIME: tokenizers/Prefect settings every local process wants.
   * QUIET: library progress bars and chatter off (the CLI's rich display replaces them).
 The Makefile exports the same TELEMETRY_OFF, TOY_DEFAULTS and part of RUNTIME for `make` targets (it cannot
@@ -31,6 +33,12 @@ RUNTIME = {"TOKENIZERS_PARALLELISM": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_
            "PREFECT_LOGGING_LEVEL": "WARNING"}
 QUIET = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_LOGGING_LEVEL": "WARNING",
          "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def offline_for(cfg) -> bool:
+    """Whether a loaded `LoopConfig` gets TOY_DEFAULTS: only the embedded default, i.e. `gold: toy` (the toy task's
+    models are local and tiny); any other config keeps the hub and torch's threads."""
+    return getattr(cfg, "gold", None) == "toy"
 
 
 def defaults(offline: bool, quiet: bool = False) -> dict[str, str]:

@@ -14,6 +14,10 @@ pair, a reply without a verdict marker and a failed call (`components.judge.Outc
 no_verdict, error) never become labels. Uncertain pairs the judge did not settle (those, over budget, no judge)
 are dropped, or exported to the human review queue with that reason. A judge that does not settle a pair the
 ensemble was sure of leaves the ensemble's label: a non-verdict carries no information against it.
+
+A single scorer (K = 1: one reward model, frozen or trained) has std 0 and agreement 1, so the rule above finds
+no uncertain pair; with a judge configured its budget then goes to the pairs of smallest |margin| (`judge_order`
+with `single`), without one nothing is routed (components.validation warns when routing thresholds are set).
 """
 
 from __future__ import annotations
@@ -33,12 +37,16 @@ def uncertain(margin: np.ndarray, margin_std: np.ndarray, agreement: np.ndarray,
 
 
 def judge_order(is_uncertain: np.ndarray, margin: np.ndarray, margin_std: np.ndarray, select: str,
-                rng: np.random.Generator) -> np.ndarray:
-    """Indices of the pairs offered to the judge, highest priority first."""
+                rng: np.random.Generator, *, single: bool = False) -> np.ndarray:
+    """Indices of the pairs offered to the judge, highest priority first. `single`: one scorer (K = 1), whose
+    margin std is 0 and agreement 1, so no pair is uncertain by them: every pair is offered, smallest |margin|
+    first (where one reward model is closest to a coin flip)."""
     if select == "random":
         return rng.permutation(len(margin))
     if select != "uncertainty":
         raise ValueError(f"unknown judge selection {select!r}")
+    if single:
+        return np.argsort(np.abs(margin), kind="stable")
     idx = np.flatnonzero(is_uncertain)
     z = margin[idx] / np.maximum(margin_std[idx], 1e-12)
     return idx[np.argsort(z, kind="stable")]

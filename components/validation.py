@@ -9,9 +9,12 @@ being cast, repeated or mixed silently downstream:
 - prompt_id must be unique: pairs are built per prompt_id, so a repeated id would pair one prompt's completion
   with another's;
 - no empty or whitespace-only prompt, none longer than `sample.max_prompt_chars`;
+- a chat row's `messages` (optional column; null = plain prompt) is a valid conversation
+  (components.chat.check_messages: known roles, non-empty content, the last turn the user's);
 - a train and an eval split, and a train split of at least `sample.n_prompts` rows unless
   `sample.when_pool_smaller: cap`.
-A single-member ensemble (std 0) cannot route uncertain pairs: a warning says the routing settings are inert.
+A single-scorer ensemble (one trained member or pretrained RM: std 0) cannot route uncertain pairs: without a
+judge a warning says the routing settings are inert (with one, the judge gets the smallest-|margin| pairs).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.chat import check_messages
 from components.config import LoopConfig
 from components.schemas import SchemaError, conform
 from components.stages.sample_prompts import draw_size
@@ -51,6 +55,9 @@ def check_pool(table: pa.Table, cfg: LoopConfig, source: str) -> pa.Table:
         shown = ", ".join(repr(d) for d in dups[:5]) + (f" (+{len(dups) - 5} more)" if len(dups) > 5 else "")
         raise ValueError(f"{source}: column 'prompt_id' has {len(dups)} duplicated id(s): {shown}; prompt ids must "
                          "be unique (pairs are built per prompt_id)")
+    for n, messages in enumerate(table["messages"].to_pylist(), 1):  # chat rows: the conversation itself
+        if messages is not None:
+            check_messages(messages, f"{source}: row {n}")
     empty = pc.sum(pc.equal(pc.utf8_trim_whitespace(table["prompt"]), "")).as_py() or 0
     if empty:
         raise ValueError(f"{source}: column 'prompt' has {empty} empty or whitespace-only prompt(s)")
@@ -74,10 +81,15 @@ def check_settings(cfg: LoopConfig) -> list[str]:
     found = []
     routing = [f"label.min_margin_over_std={cfg.label.min_margin_over_std}"] * (cfg.label.min_margin_over_std > 0) \
         + [f"label.min_agreement={cfg.label.min_agreement}"] * (cfg.label.min_agreement > 0)
-    if cfg.ensemble.members == 1 and cfg.label.labeler == "ensemble" and routing:
-        found.append(f"ensemble.members=1: the ensemble's margin std is 0 and its agreement 1, so no pair is ever "
-                     f"uncertain and {' and '.join(routing)} route nothing (no judge call, no human queue); use "
-                     "ensemble.members >= 2 for uncertainty routing, or set them to 0 to silence this")
+    ens = cfg.ensemble
+    counts = {ens.scorers} | ({len(ens.pretrained)} if ens.pretrained else set())  # trained; iteration 0
+    if 1 in counts and cfg.label.labeler == "ensemble" and routing and cfg.label.judge.backend == "none":
+        found.append(f"ensemble.members={ens.members} with {len(ens.frozen_paths)} frozen and "
+                     f"{len(ens.pretrained)} ensemble.pretrained reward model(s): a single scorer's margin std is "
+                     f"0 and its agreement 1, so no pair is ever uncertain and {' and '.join(routing)} route "
+                     "nothing (no judge call, no human queue); use >= 2 scorers (ensemble.members + frozen "
+                     "pretrained) for uncertainty routing, or set label.judge (with one scorer it judges the pairs "
+                     "of smallest |margin|), or set the thresholds to 0 to silence this")
     for msg in found:
         if msg not in _warned:
             _warned.add(msg)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from flows import cmd_labels, cmd_loop, cmd_registry, cmd_service, cmd_workspace
+from flows import cmd_labels, cmd_loop, cmd_prompts, cmd_registry, cmd_service, cmd_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual online RLHF as a gated pipeline.")
 
@@ -33,6 +33,7 @@ app.command("run")(cmd_loop.run)
 app.command("status")(cmd_loop.status)
 app.command("verify")(cmd_workspace.verify)
 app.command("repair")(cmd_workspace.repair)
+app.command("gc")(cmd_workspace.gc)
 
 app.command("promote")(cmd_registry.promote)
 app.command("rollback")(cmd_registry.rollback)
@@ -44,6 +45,10 @@ app.add_typer(labels, name="labels")
 labels.command("import")(cmd_labels.import_)
 labels.command("queue")(cmd_labels.queue)
 labels.command("export")(cmd_labels.export)
+
+prompts = typer.Typer(no_args_is_help=True, help="The prompt pool: import your own prompts.")
+app.add_typer(prompts, name="prompts")
+prompts.command("import")(cmd_prompts.import_)
 
 stack = typer.Typer(no_args_is_help=True, help="The local service stack (loopback only).")
 app.add_typer(stack, name="stack")

@@ -22,16 +22,20 @@ def run(config: list[Path] = typer.Option([Path("configs/tiny.yaml")], "--config
         workspace: Path = WorkspaceOpt, verbose: bool = typer.Option(False, "--verbose", help="Prefect logs.")):
     """Run iterations of the loop (resuming an unfinished one first)."""
     from components.config import ConfigError, load_config
+    from components.env import offline_for
 
     ws = workspace_dir(workspace)
-    quiet_env(ws)  # environment only, before prefect/transformers are imported
+    try:  # bad input stops here, before the workspace is touched (the config module imports nothing heavy)
+        cfg = load_config(config, set_)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    quiet_env(ws, offline=offline_for(cfg))  # environment only, before prefect/transformers are imported
     if verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
         os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
     else:
         warnings.filterwarnings("ignore", category=FutureWarning)
-    try:  # bad input stops here, before the workspace is touched
-        cfg = load_config(config, set_)
+    try:
         from flows.iteration import validate_inputs
 
         validate_inputs(cfg, " + ".join(map(str, config)))

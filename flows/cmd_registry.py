@@ -103,12 +103,37 @@ def link(tracker: Tracker, store: ArtifactStore, ws: Workspace, mv) -> dict:
                                                      tags["train_reward"].get("output.reward_model")),
                               "evaluation": _version_of(tracker, REWARD_MODEL,
                                                         tags["evaluate"].get("input.reward_model"))},
+            "pool": _pool_of(ws, it),
+            "seed_preferences": _seed_of(ws, it),
             "generation": cfg.generate.model_dump(mode="json"),
             "judge": {"heldout": _heldout_judge(cfg),
                       "labeling": judge.model_dump(mode="json", include={"backend", "model", "rubric"})
                       if judge is not None else None,
                       "rubric": "components/toy/gold.py (hidden gold reward)" if cfg.gold == "toy" else None},
             "gate": _gate(tracker, parent_id)}
+
+
+def _pool_of(ws: Workspace, iteration: int) -> dict | None:
+    """The prompt pool version the iteration sampled from (its ledger's start state): path, md5 (= the pool's
+    .dvc md5), rows, and the artifact it was stored as."""
+    ref = ((ws.read_ledger(iteration) or {}).get("start") or {}).get("pool")
+    if not ref:
+        return None
+    meta = ref.get("meta", {})
+    return {"path": meta.get("origin"), "md5": meta.get("md5"), "rows": meta.get("rows"),
+            "artifact_sha": ref.get("sha256")}
+
+
+def _seed_of(ws: Workspace, iteration: int) -> dict | None:
+    """The imported seed preference file (label.seed_preferences) the loop's reward models were trained on by this
+    iteration (added once, by the first iteration that started with it): path, md5, artifact."""
+    for d in ws.ledgers():
+        ref = (d.get("start") or {}).get("seed_preferences")
+        if ref and d["iteration"] <= iteration and d.get("status") != "failed":
+            meta = ref.get("meta", {})
+            return {"path": meta.get("origin"), "md5": meta.get("md5"), "iteration": d["iteration"],
+                    "artifact_sha": ref.get("sha256")}
+    return None
 
 
 def _heldout_judge(cfg) -> str | dict:
@@ -195,8 +220,8 @@ def _evaluate_against_champion(ws: Workspace, store: ArtifactStore, tracker: Tra
         judge = cfg.evaluate.heldout_judge()  # as the iteration's evaluate stage got it (flows/iteration.py)
         judge = judge and make_runner(judge, gold=gold, seed=seeds.fixed("evaluate/judge"), cache_dir=ws.judge_cache,
                                       metric_prefix="evaluate/heldout_judge")
-        backends = Backends(models=Models(inputs, ensemble=cfg.ensemble, generate=cfg.generate), gold=gold,
-                            judge=judge)
+        backends = Backends(models=Models(inputs, ensemble=cfg.ensemble, generate=cfg.generate, models=cfg.models),
+                            gold=gold, judge=judge)
         result = evaluate.run(cfg.evaluate, inputs, backends=backends, seed=seeds)
     return result.metrics
 
@@ -238,6 +263,11 @@ def _promote(ws: Workspace, version: str, force: bool, reason: str, set_: list[s
     if champ is not None and str(champ.version) == version:
         console.print(f"policy v{version} is already champion")
         raise typer.Exit(0)
+    from components.retention import deleted
+
+    if (sha := tracker.client.get_model_version(POLICY, version).tags.get(TAG_SHA)) in deleted(ws):
+        fail(f"policy v{version}: its checkpoint {sha[:12]} was deleted by `alignloop gc` (retention:): it cannot be "
+             "champion again")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     if force:
         for k, v in {"alignloop.forced_by": getpass.getuser(), "alignloop.force_reason": reason,
@@ -358,6 +388,8 @@ def lineage(spec: str = typer.Argument("policy@champion", help="policy@champion 
         console.print(f"  preferences {p['artifact_sha'][:12]} rows {p['rows']} {p['rows_by_label_source']} "
                       f"dvc {p['dvc']['path']}@{p['dvc']['tag']} ({str(p['dvc']['rev'])[:12]})")
         console.print("  reward models: " + ", ".join(f"{k} v{v['version']}" for k, v in rm.items() if v))
+        if r.get("pool"):
+            console.print(f"  pool: {r['pool']['path']} md5={r['pool']['md5'] or '-'} rows={r['pool']['rows']}")
         console.print(f"  judge {r['judge']}; config {r['config_hash']} git {str(r['git_sha'])[:12]}")
 
 

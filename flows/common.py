@@ -19,10 +19,10 @@ WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="ALIGNLOOP_WORKSPA
                             help="Where everything a run writes goes (default ./workspace).")
 
 
-def quiet_env(workspace: Path) -> None:
-    """Offline, telemetry off, CPU threads that don't thrash (components.env); Prefect results persisted in the
-    workspace."""
-    apply_defaults(offline=True, quiet=True)
+def quiet_env(workspace: Path, offline: bool = False) -> None:
+    """Telemetry off, quiet libraries (components.env), + offline with one CPU thread when `offline` (the embedded
+    default only: `components.env.offline_for(cfg)`); Prefect results persisted in the workspace."""
+    apply_defaults(offline=offline, quiet=True)
     os.environ["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] = "true"
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(workspace / "prefect")
 

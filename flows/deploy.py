@@ -53,17 +53,18 @@ def scheduled_iteration(config_path: list[str], overrides: list[str] | None = No
     return {k: ledger[k] for k in ("iteration", "status", "decision", "data_rev") if k in ledger}
 
 
-def run_env(workspace: Path) -> dict[str, str]:
+def run_env(workspace: Path, offline: bool = False) -> dict[str, str]:
     """What a worker-launched flow process needs that `alignloop run` sets itself (see flows.common.quiet_env):
-    persisted task results in the workspace, which is what lets a resumed iteration skip finished stages."""
+    persisted task results in the workspace, which is what lets a resumed iteration skip finished stages; and,
+    for the embedded default only (`offline`, components.env.offline_for), HF_HUB_OFFLINE and OMP_NUM_THREADS."""
     from flows.common import quiet_env
 
     saved = dict(os.environ)
     try:
-        quiet_env(workspace)
+        quiet_env(workspace, offline=offline)
         keys = ("HF_HUB_OFFLINE", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS", "OMP_NUM_THREADS",
                 "TOKENIZERS_PARALLELISM", "PREFECT_RESULTS_PERSIST_BY_DEFAULT", "PREFECT_RESULTS_LOCAL_STORAGE_PATH")
-        return {k: os.environ[k] for k in keys}
+        return {k: os.environ[k] for k in keys if k in os.environ}
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -77,6 +78,10 @@ def deploy(configs: list[Path], workspace: Path, overrides: list[str], sched: Sc
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.exceptions import ObjectAlreadyExists
 
+    from components.config import load_config
+    from components.env import offline_for
+
+    offline = offline_for(load_config(configs, overrides))
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_work_pool(WorkPoolCreate(name=sched.work_pool, type="process"))
     source = scheduled_iteration.from_source(str(REPO), "flows/deploy.py:scheduled_iteration")
@@ -87,6 +92,6 @@ def deploy(configs: list[Path], workspace: Path, overrides: list[str], sched: Sc
             limit=1, collision_strategy=ConcurrencyLimitStrategy(sched.on_collision.upper())),
         parameters={"config_path": [str(c.resolve()) for c in configs], "overrides": overrides,
                     "workspace": str(workspace)},
-        job_variables={"env": run_env(workspace), "working_dir": str(REPO)},
+        job_variables={"env": run_env(workspace, offline), "working_dir": str(REPO)},
         tags=["alignloop"], print_next_steps=False)
     return str(deployment_id)

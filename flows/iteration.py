@@ -64,6 +64,10 @@ def validate_inputs(cfg: LoopConfig, config_path: str) -> None:
         raise ValueError(f"{pool}: not a readable Parquet prompt table ({err})") from None
     check_pool(table, cfg, str(pool))  # types, unique ids, empty/long prompts, splits, n_prompts
     check_settings(cfg)  # warnings for settings that cannot take effect
+    if cfg.label.seed_preferences is not None:  # file:row errors before any stage
+        from components.seed_preferences import read_seed_preferences
+
+        read_seed_preferences(cfg.label.seed_preferences)
     looks_local = cfg.policy_init.startswith((".", "/")) or Path(cfg.policy_init).exists() or "/" not in cfg.policy_init
     if looks_local and not (Path(cfg.policy_init) / "config.json").exists():
         raise FileNotFoundError(f"{config_path}: policy_init {cfg.policy_init} has no config.json (build the "
@@ -140,12 +144,13 @@ def _start_state(cfg: LoopConfig, ws: Workspace, store: ArtifactStore, tracker: 
     import pyarrow.parquet as pq
 
     from components.human_queue import pending_imports
+    from components.prompt_import import pool_version
 
     if "start" in ledger:
         return ledger["start"]
     earlier = ws.ledgers()
     pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
-                               meta={"origin": cfg.prompt_pool})
+                               meta={"origin": cfg.prompt_pool, **pool_version(cfg.prompt_pool)})  # md5 = .dvc
     init_ref = _initial_policy(store, tracker, cfg.policy_init, parent, earlier)
     champ = tracker.alias(POLICY, "champion")
     champ_ref = init_ref if champ.tags[TAG_SHA] == init_ref.sha256 else store.ref("policy", champ.tags[TAG_SHA])
@@ -158,9 +163,25 @@ def _start_state(cfg: LoopConfig, ws: Workspace, store: ArtifactStore, tracker: 
                        "champion": champ_ref.model_dump(),
                        "champion_version": str(champ.version),  # int from SQLite, str from a server
                        "reward_model": prev["outputs"]["reward_model"] if prev else None,
-                       "human_labels": [r.model_dump() for r in pending_imports(ws, consumed)]}
+                       "human_labels": [r.model_dump() for r in pending_imports(ws, consumed)],
+                       "seed_preferences": _seed_preferences(cfg, store, earlier, i)}
     ws.write_ledger(i, ledger)
     return ledger["start"]
+
+
+def _seed_preferences(cfg: LoopConfig, store: ArtifactStore, earlier: list[dict], i: int) -> dict | None:
+    """label.seed_preferences as a stored preferences table (meta: the file and its md5), the first time an
+    iteration starts with it; None once an earlier (not failed) iteration has added the same file."""
+    if cfg.label.seed_preferences is None:
+        return None
+    from components.seed_preferences import file_md5, read_seed_preferences
+
+    path, md5 = cfg.label.seed_preferences, file_md5(cfg.label.seed_preferences)
+    if any((d.get("start", {}).get("seed_preferences") or {}).get("meta", {}).get("md5") == md5 for d in earlier
+           if d["iteration"] != i and d.get("status") != "failed"):
+        return None
+    return store.put_table("preferences", read_seed_preferences(path),
+                           meta={"origin": path, "md5": md5, "iteration": -1}).model_dump()
 
 
 def _stage(name: str, task, record: Callable[[str, float, bool], None], progress: Listener | None, **kwargs):
@@ -247,17 +268,20 @@ def _pipeline(cfg: LoopConfig, ctx: t.RunContext, s: dict, record, progress) -> 
     history = [ref(d["outputs"]["preferences"]) for d in ws.ledgers() if d["iteration"] < i
                and d.get("status") == "finished"]
     human = [ref(h) for h in s.get("human_labels", [])]
-    ensemble, scoring = t.Setup(ensemble=cfg.ensemble), t.Setup(ensemble=cfg.ensemble, generate=cfg.generate)
+    ensemble = t.Setup(ensemble=cfg.ensemble, models=cfg.models)
+    scoring = t.Setup(ensemble=cfg.ensemble, generate=cfg.generate, models=cfg.models)
 
     def stage(name, stage_cfg, setup=t.Setup(), **inputs):
         return _stage(name, t.stage_task_run, record, progress, ctx=ctx, stage=name, cfg=stage_cfg,
                       inputs=inputs, setup=setup)
 
     prompts = stage("sample_prompts", cfg.sample, pool=pool)["prompts"]
-    rollouts = stage("generate", cfg.generate, t.Setup(generate=cfg.generate, fanout=cfg.fanout),
+    rollouts = stage("generate", cfg.generate, t.Setup(generate=cfg.generate, fanout=cfg.fanout, models=cfg.models),
                      prompts=prompts, policy=champion)["rollouts"]
-    prefs = stage("label", cfg.label, t.Setup(ensemble=cfg.ensemble, gold=cfg.gold, judge=cfg.label.judge),
-                  rollouts=rollouts, reward_model=rm_in_use, human=human)["preferences"]
+    prefs = stage("label", cfg.label, t.Setup(ensemble=cfg.ensemble, gold=cfg.gold, judge=cfg.label.judge,
+                                            models=cfg.models),
+                  rollouts=rollouts, reward_model=rm_in_use, human=human,
+                  seed_preferences=ref(s.get("seed_preferences")))["preferences"]
     rm = stage("train_reward", cfg.train_reward, ensemble.model_copy(update={"fanout": cfg.fanout,
                                                                              "launch": cfg.train_launch}),
                preferences=[*history, prefs], init=_backbone(cfg, initial), previous=rm_in_use)["reward_model"]
@@ -278,7 +302,7 @@ def evaluate_setup(cfg: LoopConfig) -> t.Setup:
     """The evaluate stage's backends: generators and the ensemble (proxy), the gold oracle, and the held-out judge
     of `evaluate.heldout` (its own `evaluate.judge`, or the toy judge for noisy_gold; never `label.judge`)."""
     judge = cfg.evaluate.heldout_judge()
-    return t.Setup(ensemble=cfg.ensemble, generate=cfg.generate, gold=cfg.gold, judge=judge,
+    return t.Setup(ensemble=cfg.ensemble, generate=cfg.generate, gold=cfg.gold, judge=judge, models=cfg.models,
                    **({"judge_metrics": "evaluate/heldout_judge", "judge_seed": "fixed"} if judge else {}))
 
 

@@ -125,6 +125,7 @@ class Setup(BaseModel):
     model_config = ConfigDict(frozen=True)
     ensemble: C.EnsembleConfig = C.EnsembleConfig()
     generate: C.GenerateConfig | None = None  # generators (generate, evaluate, the probe / RL reference samples)
+    models: C.ModelsConfig = C.ModelsConfig()  # dtype, log-prob batching, residency of every model a stage loads
     gold: str | None = None
     judge: C.JudgeConfig | None = None
     # the judge's stats names (make_runner's `metric_prefix`; None = its default, label's) and whether its seed
@@ -157,7 +158,8 @@ def backends_for(ctx: RunContext, stage: str, setup: Setup, inputs: Inputs) -> B
         judge = make_runner(setup.judge, gold=gold, seed=seed, cache_dir=ctx.ws.judge_cache, **named)
     ray = setup.fanout.task_runner == "ray"
     shards = ray and setup.generate is not None and setup.generate.shards > 1
-    return Backends(models=Models(inputs, ensemble=setup.ensemble, generate=setup.generate or C.GenerateConfig()),
+    return Backends(models=Models(inputs, ensemble=setup.ensemble, generate=setup.generate or C.GenerateConfig(),
+                                  models=setup.models),
                     gold=gold, judge=judge, map_members=ray_map(setup.fanout) if ray else map,
                     map_shards=ray_shard_map(setup.fanout) if shards else map)
 
@@ -189,7 +191,8 @@ def stage_task_run(ctx: RunContext, stage: str, cfg: BaseModel, inputs: Refs, se
     with ctx.stage(stage, cfg, tracked) as run, store.staging_dir() as scratch:
         ins = Inputs(str(store.root), present, ctx.iteration, scratch=str(scratch))
         if stage in TRAINING and setup.launch.mode == "accelerate":
-            result = launch.accelerate(stage, cfg, ins, setup.ensemble, setup.generate, ctx.seeds(stage), setup.launch)
+            result = launch.accelerate(stage, cfg, ins, setup.ensemble, setup.generate, ctx.seeds(stage), setup.launch,
+                                       models=setup.models)
         else:
             result = STAGES[stage].run(cfg, ins, backends=backends_for(ctx, stage, setup, ins),
                                        seed=ctx.seeds(stage))

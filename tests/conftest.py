@@ -48,7 +48,8 @@ def flow_config(tmp_path: Path, boot: dict, **label) -> Path:
     cfg = {
         "name": "flowtest", "seed": 3, "policy_init": str(boot["policy"]), "prompt_pool": str(boot["prompts"]),
         "sample": {"n_prompts": 24},
-        "generate": {"samples_per_prompt": 4, "max_new_tokens": 24},
+        "generate": {"samples_per_prompt": 4, "max_new_tokens": 24, "batch_size": 128},
+        "models": {"logprob_batch_size": 64},
         "label": {"seed_gold_pairs": 96, "min_margin_over_std": 0.5, **label},
         "ensemble": {"members": 3},
         "train_reward": {"epochs": 2, "learning_rate": 1e-4},
@@ -79,7 +80,7 @@ def two_iteration_loop(tmp_path_factory, tiny_bootstrap, prefect_backend):
 
 
 TABLE_KINDS = {"pool": "prompts", "prompts": "prompts", "rollouts": "rollouts", "preferences": "preferences",
-               "human": "preferences"}
+               "human": "preferences", "seed_preferences": "preferences"}
 
 
 @pytest.fixture
@@ -104,14 +105,16 @@ def stage_inputs_under(tmp_path: Path):
 
     from components.artifacts import ArtifactRef, ArtifactStore
     from components.contract import Inputs
-    from components.schemas import schema_of
+    from components.schemas import OPTIONAL, schema_of
 
     store = ArtifactStore(tmp_path / "store")
 
     def put(name, table):
         kind = TABLE_KINDS[name]
         for field in schema_of(kind)[1]:
-            if field.name not in table.column_names:
+            if field.name not in table.column_names and field.name in OPTIONAL:
+                table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+            elif field.name not in table.column_names:
                 default = {"split": "train", "source": "s", "iteration": 0}.get(field.name, 0 if pa.types.is_integer(
                     field.type) or pa.types.is_floating(field.type) else "")
                 table = table.append_column(field.name, pa.array([default] * table.num_rows).cast(field.type))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from components.config import EnsembleConfig, GenerateConfig, LaunchConfig, PolicyConfig, RewardConfig
+from components.config import EnsembleConfig, GenerateConfig, LaunchConfig, ModelsConfig, PolicyConfig, RewardConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult
 from components.stages import train_policy, train_reward
 
@@ -59,7 +59,7 @@ def accelerate_command(launch: LaunchConfig, job: Path) -> list[str]:
 
 
 def accelerate(stage: str, cfg: BaseModel, inputs: Inputs, ensemble: EnsembleConfig, generate: GenerateConfig | None,
-               seeds: Seeds, launch: LaunchConfig) -> StageResult:
+               seeds: Seeds, launch: LaunchConfig, models: ModelsConfig = ModelsConfig()) -> StageResult:
     """`stage` on `inputs` in `accelerate launch` workers; its result as rank 0 wrote it."""
     with tempfile.TemporaryDirectory(prefix=f"alignloop-{stage}-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
@@ -71,6 +71,7 @@ def accelerate(stage: str, cfg: BaseModel, inputs: Inputs, ensemble: EnsembleCon
                                 v.model_dump(mode="json") for k, v in inputs.refs.items() if v}},
             "ensemble": ensemble.model_dump(mode="json"),
             "generate": generate.model_dump(mode="json") if generate else None,
+            "models": models.model_dump(mode="json"),
             "seeds": [seeds.loop, seeds.iteration, seeds.stage]}))
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         cmd = accelerate_command(launch, job)
@@ -108,7 +109,8 @@ def _run_job(job: dict) -> StageResult:
             for k, v in i["refs"].items()}
     inputs = Inputs(i["store_root"], refs, i["iteration"], scratch=i["scratch"], store_remote=i["store_remote"])
     models = Models(inputs, ensemble=EnsembleConfig(**job["ensemble"]),
-                    generate=GenerateConfig(**job["generate"]) if job["generate"] else GenerateConfig())
+                    generate=GenerateConfig(**job["generate"]) if job["generate"] else GenerateConfig(),
+                    models=ModelsConfig(**job.get("models", {})))
     return run(cfg_class.model_validate(job["config"]), inputs, backends=Backends(models=models),
                seed=Seeds(*job["seeds"]))
 

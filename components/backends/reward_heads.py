@@ -98,13 +98,28 @@ def _weighted_collator(pad_token_id: int):
     return collate
 
 
-def _heads_trainer(model, tokenizer, rows: list[dict], tmp_dir: str, cfg: RewardConfig, *, seed: int):
+def _heads_args(tmp_dir: str, cfg: RewardConfig, n_rows: int, *, seed: int):
+    """TRL's reward config, so `trainer_args` mean what they mean for separate members; built before the model
+    (under DeepSpeed ZeRO-3 the config must exist when the model is created)."""
+    from trl import RewardConfig as TRLRewardConfig
+
+    from components.backends.trainers import common_args, steps_for, trl_config
+
+    return trl_config(
+        TRLRewardConfig, "train_reward", cfg.trainer_args,
+        **common_args(tmp_dir, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                      steps=steps_for(n_rows, cfg.batch_size, cfg.epochs),
+                      gradient_checkpointing=cfg.gradient_checkpointing),
+        max_length=cfg.max_length, remove_unused_columns=False,  # keep `weights` for the loss
+    )
+
+
+def _heads_trainer(model, tokenizer, rows: list[dict], args):
     """transformers' Trainer with the bootstrap-weighted loss (TRL's RewardTrainer refuses num_labels ≠ 1)."""
     from datasets import Dataset
     from transformers import Trainer
-    from trl import RewardConfig as TRLRewardConfig
 
-    from components.backends.trainers import REWARD_CENTERING, common_args, steps_for, trl_config
+    from components.backends.trainers import REWARD_CENTERING
 
     class HeadsTrainer(Trainer):
         loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides by the accumulation steps
@@ -116,12 +131,6 @@ def _heads_trainer(model, tokenizer, rows: list[dict], tmp_dir: str, cfg: Reward
             loss = bootstrap_bt_loss(r_chosen, r_rejected, w, REWARD_CENTERING)
             return (loss, out) if return_outputs else loss
 
-    args = trl_config(  # TRL's reward config, so `trainer_args` mean what they mean for separate members
-        TRLRewardConfig, "train_reward", cfg.trainer_args,
-        **common_args(tmp_dir, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
-                      steps=steps_for(len(rows), cfg.batch_size, cfg.epochs)),
-        max_length=cfg.max_length, remove_unused_columns=False,  # keep `weights` for the loss
-    )
     return HeadsTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                         data_collator=_weighted_collator(tokenizer.pad_token_id), processing_class=tokenizer)
 
@@ -134,19 +143,20 @@ def train_reward_heads(init_path: str, train_pairs: list[dict], out_dir: Path, c
     heads, the heads; otherwise fresh heads on its trunk). Pairs longer than cfg.max_length tokens are dropped
     (TRL's rule) and counted. Returns train_loss, seconds, steps, n_train, dropped_too_long.
     """
-    from components.backends.trainers import fit_and_save, load_tokenizer, scratch_dir
+    from components.backends.trainers import checkpoint_dtype, fit_and_save, load_tokenizer, scratch_dir
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(init_path)
-    model = _heads_model(init_path, tokenizer, cfg, heads=heads, seed=seed)
     weights = poisson_weights(len(train_pairs), heads, seed, cfg.bootstrap)
     rows = _weighted_rows(tokenizer, train_pairs, weights, cfg.max_length)
     if not rows:
         raise ValueError(f"no training pair fits max_length={cfg.max_length} tokens ({len(train_pairs)} pairs given)")
     with scratch_dir(out_dir, "hf") as tmp:
-        trainer = _heads_trainer(model, tokenizer, rows, tmp, cfg, seed=seed)
-        result = fit_and_save(trainer, tokenizer, out_dir)
+        args = _heads_args(tmp, cfg, len(rows), seed=seed)
+        model = _heads_model(init_path, tokenizer, cfg, heads=heads, seed=seed)
+        trainer = _heads_trainer(model, tokenizer, rows, args)
+        result = fit_and_save(trainer, tokenizer, out_dir, dtype=checkpoint_dtype(init_path))
     return {"train_loss": float(result.training_loss), "seconds": time.perf_counter() - t0,
             "steps": int(trainer.state.global_step), "n_train": len(rows),
             "dropped_too_long": len(train_pairs) - len(rows)}

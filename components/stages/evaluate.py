@@ -23,6 +23,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from components import chat
 from components.config import EvalConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult
 from components.metrics import kl_estimate, pairwise_win_rate, win_rate
@@ -69,30 +70,51 @@ def reward_hacking(proxy: dict[str, float], heldout: dict[str, float]) -> float:
     return min(proxy["ci_low"] - 0.5, 0.5 - heldout["value"])
 
 
-def _sample_and_score(side: str, models, prompts: pa.Table, n: int, seed: int, gold, regression):
-    """One model's held-out samples, scored: proxy (ensemble aggregate) and gold reward, log-probs under itself
-    and the reference; and its mean log-likelihood of the regression set."""
-    from components.backends import hf
+def _free(models, name: str) -> None:
+    """Release policy `name` so the next model fits, unless `models.keep_loaded` lets them all stay resident."""
+    if not getattr(getattr(models, "models_cfg", None), "keep_loaded", False):
+        models.release(name)
 
-    texts = prompts["prompt"].to_pylist()
+
+def _scored_ids(prompts: list, ids: list) -> list:
+    """The sampled ids to score a row on: chat prompts always (the tokens sampled are the tokens scored); plain
+    prompts score the text (`prompt + completion + eos`, the toy loop's established numbers)."""
+    return [k if chat.is_chat(p) else None for p, k in zip(prompts, ids)]
+
+
+def _sample_side(side: str, models, prompts: pa.Table, n: int, seed: int, regression):
+    """One policy's held-out samples, their log-probs under that policy (on the sampled ids) and its mean
+    log-likelihood of the regression set; then the policy is freed. Returns (columns, regression logp, the
+    prompts of the samples, the ids to score them on, the policy's tokenizer)."""
+    texts = chat.prompts_of(prompts)
     # the `generate` stage's engine (vLLM on a GPU); with transformers the sampling model is the scoring model
     gens, _ = models.generator(side).sample(texts, n, seed)
-    model, tok = models.causal_lm(side)
-    p = [texts[g.prompt_index] for g in gens]
-    c = [g.completion for g in gens]
-    ref_model, ref_tok = models.causal_lm("reference")
+    p, c = [texts[g.prompt_index] for g in gens], [g.completion for g in gens]
+    ids = _scored_ids(p, [g.completion_ids for g in gens])
+    out = {"prompt_id": [prompts["prompt_id"][g.prompt_index].as_py() for g in gens], **chat.prompt_columns(p),
+           "completion": c, "finish_reason": [g.finish_reason for g in gens],
+           "num_tokens": [g.num_tokens for g in gens],
+           "logp_policy": models.logprobs(side, p, c, completion_ids=ids)}
+    reg = float(np.mean(models.logprobs(side, *regression))) if regression else None
+    tok = models.causal_lm(side)[1]
+    _free(models, side)  # the next side's policy takes its place
+    return out, reg, p, ids, tok
+
+
+def _score_sides(models, scored: dict, gold) -> None:
+    """With the policies freed: every side's log-probs under the reference (the sampled ids where the tokenizers
+    share a vocabulary, else the text re-encoded by the reference's), then the ensemble's proxy reward (its reward
+    models loaded one at a time) and the gold reward."""
+    ref_tok = models.causal_lm("reference")[1]
+    for s, _, p, ids, tok in scored.values():
+        same = tok is ref_tok or tok.get_vocab() == ref_tok.get_vocab()
+        s["logp_ref"] = models.logprobs("reference", p, s["completion"], completion_ids=ids if same else None)
+    _free(models, "reference")
     ensemble = models.ensemble()
-    out = {
-        "prompt_id": [prompts["prompt_id"][g.prompt_index].as_py() for g in gens], "prompt": p, "completion": c,
-        "num_tokens": [g.num_tokens for g in gens],
-        "proxy_reward": ensemble.reward(ensemble.score(p, c)),
-        "gold_reward": gold.score(p, c)[0] if gold is not None else np.full(len(c), np.nan),
-        "logp_policy": hf.sequence_logprobs(model, tok, p, c),
-        "logp_ref": hf.sequence_logprobs(ref_model, ref_tok, p, c),
-    }
-    reg = float(np.mean(hf.sequence_logprobs(model, tok, *regression))) if regression else None
-    models.release(side)  # the next side's policy takes its place
-    return out, reg
+    for s, _, p, _, _ in scored.values():
+        s["proxy_reward"] = ensemble.reward(ensemble.score(p, s["completion"]))
+        s["gold_reward"] = gold.score(s["prompt"], s["completion"])[0] if gold is not None else \
+            np.full(len(p), np.nan)
 
 
 def reference_completions(cfg: EvalConfig, prompts: pa.Table) -> dict[str, str] | None:
@@ -210,9 +232,10 @@ def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> 
     # the same for both sides (paired samples per prompt) and in every iteration, so a model evaluated as candidate
     # and again as champion gets the same numbers, and iterations stay comparable
     sampling = seed.fixed("evaluate")
-    scored = {side: _sample_and_score(side, models, prompts, cfg.samples_per_prompt, sampling, gold, regression)
+    scored = {side: _sample_side(side, models, prompts, cfg.samples_per_prompt, sampling, regression)
               for side in SIDES}
-    side = {name: s for name, (s, _) in scored.items()}
+    _score_sides(models, scored, gold)
+    side = {name: s[0] for name, s in scored.items()}
     cand, champ = side["candidate"], side["champion"]
     report = {name: {"proxy_reward": float(np.mean(s["proxy_reward"])),
                      "gold_reward": float(np.mean(s["gold_reward"])) if gold is not None else None,

@@ -24,20 +24,36 @@ from __future__ import annotations
 
 import numpy as np
 
+from components import chat
 from components.config import PolicyConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult
 from components.stages.sample_prompts import heldout_prompts
 
 
-def _reference_rewards(cfg: PolicyConfig, models, ensemble, prompts: list[str], seed: int) -> dict[str, np.ndarray]:
-    """prompt -> aggregate rewards of rl.reference_samples reference-policy completions (what shaping centers on)."""
+def models_dtype(models) -> str:
+    """`models.dtype` of the loop (the Models object carries its ModelsConfig where the loop has one), else auto."""
+    return getattr(getattr(models, "models_cfg", None), "dtype", None) or "auto"
+
+
+def preference_pairs(table) -> list[dict]:
+    """DPO's pairs: prompt (a string or chat messages, `chat.prompts_of`), chosen, rejected, and the policy's
+    sampled token ids `chosen_ids`/`rejected_ids` (None for text pairs: imported, judge-written)."""
+    prompts = chat.prompts_of(table)
+    cols = {c: table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
+            for c in ("chosen", "rejected", "chosen_ids", "rejected_ids")}
+    return [{"prompt": p, **{c: v[i] for c, v in cols.items()}} for i, p in enumerate(prompts)]
+
+
+def _reference_rewards(cfg: PolicyConfig, models, ensemble, prompts: list, seed: int) -> dict[str, np.ndarray]:
+    """chat.key(prompt) -> aggregate rewards of rl.reference_samples reference-policy completions (what shaping
+    centers on)."""
     gens, _ = models.generator("reference").sample(prompts, cfg.rl.reference_samples, seed, top_p=1.0,
                                                    max_new_tokens=cfg.rl.max_new_tokens,
                                                    temperature=cfg.rl.temperature)
     p = [prompts[g.prompt_index] for g in gens]
     r = ensemble.reward(ensemble.score(p, [g.completion for g in gens]))
     models.release("reference")
-    return {prompt: r[i * cfg.rl.reference_samples:(i + 1) * cfg.rl.reference_samples]
+    return {chat.key(prompt): r[i * cfg.rl.reference_samples:(i + 1) * cfg.rl.reference_samples]
             for i, prompt in enumerate(prompts)}
 
 
@@ -48,30 +64,37 @@ def _rl(cfg: PolicyConfig, inputs: Inputs, models, out_dir, seed: int) -> dict:
     ensemble = models.ensemble()
     if ensemble is None:
         raise ValueError(f"train_policy.algo={cfg.algo} needs a reward-model ensemble (none was given)")
-    prompts = sorted(set(inputs.table("prompts")["prompt"].to_pylist()))
+    unique = {chat.key(p): p for p in chat.prompts_of(inputs.table("prompts"))}  # str or chat messages
+    prompts = [unique[k] for k in sorted(unique)]
     ref_r = _reference_rewards(cfg, models, ensemble, prompts, seed) if cfg.rl.shaping != "none" else {}
 
-    def reward_fn(p: list[str], c: list[str]) -> list[float]:
+    def reward_fn(p: list, c: list[str]) -> list[float]:
         r = ensemble.reward(ensemble.score(p, c))
-        ref = np.stack([ref_r[x] for x in p]) if ref_r else np.zeros((len(p), 0))
+        ref = np.stack([ref_r[chat.key(x)] for x in p]) if ref_r else np.zeros((len(p), 0))
         return shape(r, ref, cfg.rl.shaping).tolist()
 
-    return train_rl(models.path("policy"), models.path("reference"), prompts, reward_fn, out_dir, cfg, seed=seed)
+    return train_rl(models.path("policy"), models.path("reference"), prompts, reward_fn, out_dir, cfg, seed=seed,
+                    dtype=models_dtype(models))
 
 
-def probe(cfg: PolicyConfig, models, policy_dir: str, prompts: list[str], seed: int) -> dict[str, float]:
-    """Sequence-level KL to the reference, entropy, length and proxy reward of fresh samples from the update."""
-    from components.backends import hf
+def probe(cfg: PolicyConfig, models, policy_dir: str, prompts: list, seed: int) -> dict[str, float]:
+    """Sequence-level KL to the reference, entropy, length and proxy reward of fresh samples from the update.
+    Prompts are strings or chat messages; chat samples are scored on their sampled ids (the reference too, where
+    its vocabulary is the candidate's), plain ones on their text."""
     from components.metrics import kl_estimate
 
-    model, tok = models.causal_lm("candidate", path=policy_dir)
-    ref_model, ref_tok = models.causal_lm("reference")
     prompts = prompts[:cfg.probe.prompts]
     gens, _ = models.generator("candidate", path=policy_dir).sample(
         prompts, cfg.probe.samples, seed, max_new_tokens=cfg.probe.max_new_tokens, temperature=1.0, top_p=1.0)
     p, c = [prompts[g.prompt_index] for g in gens], [g.completion for g in gens]
-    logp = hf.sequence_logprobs(model, tok, p, c)
-    out = {"train_policy/kl_ref": kl_estimate(logp, hf.sequence_logprobs(ref_model, ref_tok, p, c)),
+    ids = [g.completion_ids if chat.is_chat(x) else None for x, g in zip(p, gens)]
+    logp = models.logprobs("candidate", p, c, path=policy_dir, completion_ids=ids)
+    tok = models.causal_lm("candidate", path=policy_dir)[1]
+    if not getattr(getattr(models, "models_cfg", None), "keep_loaded", False):
+        models.release(policy_dir)  # the reference takes its place
+    same = tok.get_vocab() == models.causal_lm("reference")[1].get_vocab()
+    ref_logp = models.logprobs("reference", p, c, completion_ids=ids if same else None)
+    out = {"train_policy/kl_ref": kl_estimate(logp, ref_logp),
            "train_policy/entropy_seq": float(-logp.mean()),
            "train_policy/mean_tokens": float(np.mean([g.num_tokens for g in gens]))}
     ensemble = models.ensemble()
@@ -89,18 +112,18 @@ def run(cfg: PolicyConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -
     if cfg.algo == "dpo":
         from components.backends.trainers import train_dpo
 
-        pairs = inputs.table("preferences").select(["prompt", "chosen", "rejected"]).to_pylist()
+        pairs = preference_pairs(inputs.table("preferences"))
         if not pairs:
             raise ValueError("train_policy: no preference pairs to train on (label kept none: relax "
                              "label.min_margin_over_std or sample more prompts)")
         trained = {"pairs": len(pairs), **train_dpo(models.path("policy"), models.path("reference"), pairs, out_dir,
-                                                    cfg, seed=seed.value)}
+                                                    cfg, seed=seed.value, dtype=models_dtype(models))}
     else:
         trained = _rl(cfg, inputs, models, out_dir, seed.value)
     history = trained.pop("history", [])
     metrics = {f"train_policy/{k}": v for k, v in trained.items()}  # the trainer's summary (backends/trainers.py)
     if inputs.has("pool"):
-        held = heldout_prompts(inputs.table("pool"), cfg.probe.prompts, seed.fixed("heldout"))["prompt"].to_pylist()
+        held = chat.prompts_of(heldout_prompts(inputs.table("pool"), cfg.probe.prompts, seed.fixed("heldout")))
         metrics.update(probe(cfg, models, str(out_dir), held, seed.value))
     return StageResult(outputs={"candidate": Output("policy", dir=out_dir, meta={"iteration": inputs.iteration})},
                        metrics=metrics,

@@ -12,7 +12,11 @@ Pure over artifacts: (accumulated preferences, backbone path, previous ensemble)
 - Members train independently (`MemberJob`): `backends.map_members` decides where, one after another in this process by
   default, or in parallel on Ray workers (tasks/fanout.py, `fanout.task_runner: ray`).
 - A fixed share of pairs (by a hash of pair_id, stable as data accumulates) is held out from every training.
-- Without a previous ensemble, members train from `init` on every non-held-out pair for `epochs`.
+- Without a previous ensemble, members train from `init` on every non-held-out pair for `epochs`, or, when
+  `ensemble.pretrained` names non-frozen reward models, from those (member k from the (k mod n)-th).
+- Frozen `ensemble.pretrained` reward models are never trained: the ensemble directory holds the trained members
+  only, and every stage that loads it adds the frozen ones by path from the config (components.backends.models);
+  `ensemble.members: 0` trains nothing (the frozen RMs are the ensemble).
 - With one (and `warm_start`), member k starts from previous member k mod K' and trains `warm_epochs` on a replay
   buffer: all newest-iteration pairs + up to `replay_cap` older pairs, of which a `replay_seed_share` is drawn from
   the seed (gold/human-labelled) pairs and the rest with weight replay_recency**age. Cost per iteration is thus
@@ -33,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from components import chat
 from components.config import RewardConfig
 from components.contract import Backends, Inputs, Output, Seeds, StageResult
+from components.schemas import conform
 
-TRUSTED_SOURCES = ("gold", "human")  # labels not produced by our own reward models
+TRUSTED_SOURCES = ("gold", "human", "imported")  # labels not produced by our own reward models
 
 
 def is_heldout(pair_id: str, frac: float) -> bool:
@@ -96,7 +102,8 @@ class MemberJob:
 
     k: int
     inputs: Inputs
-    start: str  # input it starts from: "init" (the backbone), or "previous" (warm start from `start_member`)
+    start: str  # input it starts from: "init" (the backbone), "previous" (warm start from `start_member`), or
+    #             "pretrained" (a non-frozen ensemble.pretrained RM: `start_member` is its path or hub id)
     start_member: str  # previous member directory (member-j, or shared) under the previous ensemble, or ""
     pairs: list[dict]  # its training pairs (a bootstrap resample with cfg.bootstrap)
     out_dir: str  # where it saves `member-k`
@@ -105,6 +112,8 @@ class MemberJob:
 
     @property
     def start_path(self) -> str:
+        if self.start == "pretrained":
+            return self.start_member
         root = self.inputs.path(self.start)
         return str(Path(root) / self.start_member) if self.start_member else root
 
@@ -134,18 +143,73 @@ def _training_set(cfg: RewardConfig, train_all: list[dict], warm: bool, newest: 
     return [train_all[i] for i in idx], cfg.model_copy(update={"epochs": cfg.warm_epochs})
 
 
+def _rows(inputs: Inputs) -> list[dict]:
+    """Every iteration's preferences as dicts, `prompt` a `chat.Prompt` (plain string or conversation)."""
+    table = conform(inputs.table("preferences"), "preferences", "train_reward input preferences")
+    rows = table.select(["pair_id", "chosen", "rejected", "chosen_ids", "rejected_ids", "label_source",
+                         "iteration"]).to_pylist()
+    for r, p in zip(rows, chat.prompts_of(table)):
+        r["prompt"] = p
+    return rows
+
+
+def _jobs(cfg: RewardConfig, inputs: Inputs, models, train: list[dict], member_cfg: RewardConfig, warm: bool,
+          out_dir: Path, seed: Seeds) -> list[MemberJob]:
+    """One job per trained member: warm-started from previous member k mod K', else from the non-frozen
+    pretrained RMs (round-robin), else from `init`."""
+    prev_members = [Path(p).name for p in models.members("previous")]
+    starts = models.ensemble_cfg.start_paths
+    jobs = []
+    for k in range(models.ensemble_cfg.members):
+        rng = np.random.default_rng(seed.sub("bootstrap", k))
+        subset = [train[i] for i in rng.integers(0, len(train), len(train))] if cfg.bootstrap else train
+        if warm:
+            start, member = "previous", prev_members[k % len(prev_members)]
+        else:
+            start, member = ("pretrained", starts[k % len(starts)]) if starts else ("init", "")
+        jobs.append(MemberJob(k, inputs, start, member, subset, str(out_dir / f"member-{k}"), member_cfg,
+                              seed.sub("member", k)))
+    return jobs
+
+
+def _train(cfg: RewardConfig, inputs: Inputs, backends: Backends, train: list[dict], member_cfg: RewardConfig,
+           warm: bool, out_dir: Path, seed: Seeds) -> dict[str, float]:
+    import json
+
+    models, members = backends.models, backends.models.ensemble_cfg.members
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if models.ensemble_cfg.pretrained:  # provenance: the pretrained RMs (frozen ones are added by path on load)
+        (out_dir / "pretrained.json").write_text(json.dumps({"frozen": models.ensemble_cfg.frozen_paths,
+                                                              "start": models.ensemble_cfg.start_paths}))
+    if members == 0:  # only frozen pretrained RMs score: nothing to train
+        return {}
+    if cfg.shared_backbone:  # one trunk with K heads, trained once (components/backends/reward_heads.py)
+        from components.backends.reward_heads import SHARED_DIR, train_reward_heads
+
+        starts = models.ensemble_cfg.start_paths
+        start = str(Path(models.members("previous")[0])) if warm else (starts[0] if starts else inputs.path("init"))
+        m = train_reward_heads(start, train, out_dir / SHARED_DIR, member_cfg, heads=members, seed=seed.value)
+        return {f"train_reward/shared/{n}": m[n] for n in ("train_loss", "seconds", "steps", "dropped_too_long")}
+    jobs = _jobs(cfg, inputs, models, train, member_cfg, warm, out_dir, seed)
+    out: dict[str, float] = {}
+    for job, m in zip(jobs, backends.map_members(train_member, jobs), strict=True):
+        out.update({f"train_reward/member_{job.k}/{n}": m[n]
+                    for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
+    return out
+
+
 def run(cfg: RewardConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> StageResult:
     """Inputs `preferences` (every iteration's), `init` (the backbone), optional `previous` (the ensemble in use)
-    -> output `reward_model` (`member-0..K-1` or `shared/`), with `train_reward/accepted` = 1.0 if the caller
-    should use it, 0.0 to keep the previous one."""
-    rows = inputs.table("preferences").select(
-        ["pair_id", "prompt", "chosen", "rejected", "label_source", "iteration"]).to_pylist()
+    -> output `reward_model` (`member-0..K-1` or `shared/`; the frozen pretrained RMs are added by path), with
+    `train_reward/accepted` = 1.0 if the caller should use it, 0.0 to keep the previous one."""
+    rows = _rows(inputs)
     heldout, trusted, train_all = _split(cfg, rows)
     if not train_all:
         raise ValueError("train_reward: no training pairs (all preferences were held out or none exist)")
-    models, members = backends.models, backends.models.ensemble_cfg.members
-    previous = models.ensemble("previous")
+    models = backends.models
+    previous = models.ensemble("previous", cold_start=False)  # a trained ensemble, not the cold start's RMs
     warm, newest = previous is not None and cfg.warm_start, max(r["iteration"] for r in rows)
+    warm = warm and bool(models.members("previous"))
     metrics: dict[str, float] = {"train_reward/heldout_pairs": len(heldout),
                                  "train_reward/heldout_trusted_pairs": len(trusted),
                                  "train_reward/warm_start": float(warm)}
@@ -160,42 +224,32 @@ def run(cfg: RewardConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -
                     "train_reward/train_pairs_newest": sum(r["iteration"] == newest for r in train),
                     "train_reward/train_pairs_seed": sum(r["label_source"] in TRUSTED_SOURCES for r in train)})
     out_dir = inputs.out_dir("reward_model")
-    if cfg.shared_backbone:  # one trunk with K heads, trained once (components/backends/reward_heads.py)
-        from components.backends.reward_heads import SHARED_DIR, train_reward_heads
-
-        start = str(Path(models.members("previous")[0])) if warm else inputs.path("init")
-        m = train_reward_heads(start, train, out_dir / SHARED_DIR, member_cfg, heads=members, seed=seed.value)
-        metrics.update({f"train_reward/shared/{n}": m[n] for n in ("train_loss", "seconds", "steps",
-                                                                    "dropped_too_long")})
-    else:
-        prev_members = [Path(p).name for p in models.members("previous")]
-        jobs = []
-        for k in range(members):
-            rng = np.random.default_rng(seed.sub("bootstrap", k))
-            subset = [train[i] for i in rng.integers(0, len(train), len(train))] if cfg.bootstrap else train
-            start, member = ("previous", prev_members[k % len(prev_members)]) if warm else ("init", "")
-            jobs.append(MemberJob(k, inputs, start, member, subset, str(out_dir / f"member-{k}"), member_cfg,
-                                  seed.sub("member", k)))
-        for job, m in zip(jobs, backends.map_members(train_member, jobs), strict=True):
-            metrics.update({f"train_reward/member_{job.k}/{n}": m[n]
-                            for n in ("train_loss", "seconds", "steps", "dropped_too_long")})
+    metrics.update(_train(cfg, inputs, backends, train, member_cfg, warm, out_dir, seed))
     new = models.ensemble_at(str(out_dir)) if heldout else None
-    metrics.update(_heldout_decision(cfg, new, previous, heldout, trusted, members))
+    frozen = len(models.ensemble_cfg.frozen_paths)
+    metrics.update(_heldout_decision(cfg, new, previous, heldout, trusted, frozen))
+    members = models.ensemble_cfg.members
     return StageResult(outputs={"reward_model": Output("reward_model", dir=out_dir,
-                                                       meta={"members": members, "iteration": inputs.iteration})},
+                                                       meta={"members": members, "frozen": frozen,
+                                                             "iteration": inputs.iteration})},
                        metrics=metrics)
 
 
-def _heldout_decision(cfg: RewardConfig, new, previous, heldout: list[dict], trusted: list[dict], members: int
+def _row_names(k_total: int, frozen: int) -> list[str]:
+    """Metric names of the ensemble's rows: the frozen pretrained RMs first, then the trained members."""
+    return [f"frozen_{j}" for j in range(frozen)] + [f"member_{k}" for k in range(k_total - frozen)]
+
+
+def _heldout_decision(cfg: RewardConfig, new, previous, heldout: list[dict], trusted: list[dict], frozen: int
                       ) -> dict[str, float]:
     """The new ensemble's per-member and ensemble held-out accuracy/ECE, and the accept decision."""
     out: dict[str, float] = {}
     accepted = True
     if heldout:
         margin = _margins(new, heldout)
-        for k in range(members):
-            out[f"train_reward/member_{k}/heldout_accuracy"] = float((margin[k] > 0).mean())
-            out[f"train_reward/member_{k}/heldout_ece"] = expected_calibration_error(margin[k], cfg.ece_bins)
+        for k, name in enumerate(_row_names(len(margin), frozen)):
+            out[f"train_reward/{name}/heldout_accuracy"] = float((margin[k] > 0).mean())
+            out[f"train_reward/{name}/heldout_ece"] = expected_calibration_error(margin[k], cfg.ece_bins)
         out["train_reward/heldout_accuracy_mean_member"] = float((margin > 0).mean())
         out["train_reward/heldout_accuracy_ensemble"] = float((margin.mean(0) > 0).mean())
         out["train_reward/heldout_ece_ensemble"] = expected_calibration_error(margin.mean(0), cfg.ece_bins)

@@ -273,14 +273,27 @@ def test_train_dpo_loss_variants_and_determinism(tiny_policy, tmp_path, loss_typ
     assert _sha(tmp_path / "a") == _sha(tmp_path / "b")
 
 
-def test_train_dpo_tokenizes_like_encode_scored_with_bos_tokenizer(tmp_path, tiny_factory, caplog):
-    from components.backends.trainers import train_dpo
+def test_train_dpo_tokenizes_like_encode_scored_with_bos_tokenizer(tmp_path, tiny_factory, monkeypatch):
+    """DPO trains on the tokens `hf.encode_scored` (so `hf.sequence_logprobs`) scores, one BOS included."""
+    import trl
+
+    from components.backends.hf import encode_scored
+    from components.backends.trainers import load_tokenizer, train_dpo
 
     tok = tiny_factory.make_tokenizer(tmp_path / "tok", add_bos=True)
     path = tiny_factory.make_policy(tmp_path / "pol", tok)
-    with caplog.at_level(logging.WARNING, logger="components.backends.trainers"):
-        train_dpo(path, path, make_pairs(8, 13), tmp_path / "cand", PolicyConfig(batch_size=8), seed=0)
-    assert not caplog.records
+    real_init, built = trl.DPOTrainer.__init__, []
+    monkeypatch.setattr(trl.DPOTrainer, "__init__",
+                        lambda self, *a, **k: (real_init(self, *a, **k), built.append(self))[0])
+    pairs = make_pairs(8, 13)
+    train_dpo(path, path, pairs, tmp_path / "cand", PolicyConfig(batch_size=8), seed=0)
+    tokenizer = load_tokenizer(path)
+    for k, pair in enumerate(pairs):
+        row = built[0].train_dataset[k]
+        for side in ("chosen", "rejected"):
+            ids, n = encode_scored(tokenizer, pair["prompt"], pair[side])
+            assert (row["prompt_ids"], row[f"{side}_ids"]) == (ids[:n], ids[n:])
+        assert row["prompt_ids"].count(tokenizer.bos_token_id) == 1
 
 
 def test_train_rl_adaptive_kl_needs_a_positive_beta(tmp_path):

@@ -25,7 +25,7 @@ def _args(**kw) -> list[dict]:
 
 def test_engine_is_built_from_the_checkpoint_path_given():
     assert engine_args("/ckpt/v7", seed=11, gpu_memory_utilization=0.4) == {
-        "model": "/ckpt/v7", "tokenizer": "/ckpt/v7", "seed": 11, "gpu_memory_utilization": 0.4}
+        "model": "/ckpt/v7", "tokenizer": "/ckpt/v7", "seed": 11, "gpu_memory_utilization": 0.4, "dtype": "bfloat16"}
 
 
 def test_sampling_args_are_pure_temperature_top_p_one_request_per_prompt():
