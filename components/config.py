@@ -274,6 +274,10 @@ class RewardConfig(_Frozen):
         " initialisation and Poisson(1) bootstrap weights per pair. Warm start reuses the previous ensemble's first"
         " model (its trunk; its heads too when it has K). Off by default: see benchmarks/README.md §3."
     )
+    freeze_backbone: bool = Field(
+        False, description="shared_backbone: train only the K heads on a frozen trunk (e.g. a pretrained RM or the"
+        " policy's): the cheapest ensemble, K linear probes on one base; the trunk's weights never change."
+    )
     warm_start: bool = Field(
         True, description="Start member k from the previous ensemble's member k (mod its size) instead of `init`."
     )
@@ -302,6 +306,13 @@ class RewardConfig(_Frozen):
     ece_bins: int = Field(10, ge=2, description="Bins of the expected calibration error of P_BT(chosen > rejected).")
     lora: LoraSettings = LoraSettings()
     trainer_args: dict[str, Any] = Field(default_factory=dict, description=TRAINER_ARGS_DOC)
+
+    @model_validator(mode="after")
+    def _frozen_trunk_needs_heads(self) -> RewardConfig:
+        if self.freeze_backbone and not self.shared_backbone:
+            raise ValueError("train_reward.freeze_backbone needs train_reward.shared_backbone: true (K heads on one "
+                             "frozen trunk; separate members each train their own model)")
+        return self
 
 
 class RLConfig(_Frozen):
@@ -575,6 +586,8 @@ def with_overrides(cfg: LoopConfig, overrides: list[str] | tuple[str, ...], wher
 
 
 def config_hash(cfg: BaseModel) -> str:
-    """sha256 of the canonical JSON of a (sub)config: the identity of 'the same settings'."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON of a (sub)config: the identity of 'the same settings'. A loop's `retention:`
+    decides what gc deletes afterwards, not what an iteration computes, so changing it never blocks a resume."""
+    dump = cfg.model_dump(mode="json", exclude={"retention"} if isinstance(cfg, LoopConfig) else None)
+    blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -51,7 +51,7 @@ def bootstrap_bt_loss(r_chosen, r_rejected, weights, centering: float = 0.0):
 def _heads_model(init_path: str, tokenizer, cfg: RewardConfig, *, heads: int, seed: int):
     """A `heads`-label sequence-classification model on `init_path`'s trunk. Heads whose shape does not match the
     checkpoint's (a causal LM, or a reward model with another K) are drawn fresh from `seed`; with LoRA the trunk
-    gets adapters and the score layer still trains in full."""
+    gets adapters and the score layer still trains in full; with `freeze_backbone` only the score layer trains."""
     import torch
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -64,7 +64,10 @@ def _heads_model(init_path: str, tokenizer, cfg: RewardConfig, *, heads: int, se
             init_path, id2label={k: f"member-{k}" for k in range(heads)}, ignore_mismatched_sizes=True,
             dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.lora.r > 0:
+    if cfg.freeze_backbone:  # K linear heads on a frozen base: only the score layer learns
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("score."))
+    elif cfg.lora.r > 0:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config(cfg.lora, "SEQ_CLS"))

@@ -104,3 +104,18 @@ def test_shared_warm_start_from_previous_heads(shared0, stage_inputs):
     assert not np.allclose(before["score.weight"], after["score.weight"])
     # warm start kept the trained heads (a fresh head would start at ~N(0, 0.02) and move little in 1 epoch)
     assert np.corrcoef(before["score.weight"].ravel(), after["score.weight"].ravel())[0, 1] > 0.9
+
+
+def test_frozen_trunk_trains_only_the_heads(tiny_policy, tmp_path, stage_inputs):
+    """train_reward.freeze_backbone: K linear heads on one frozen base, the cheapest ensemble."""
+    from components.stages import train_reward
+
+    cfg = SHARED.model_copy(update={"freeze_backbone": True, "epochs": 2})
+    inputs = stage_inputs(preferences=[_prefs(make_pairs(64, 5), 0, "gold")], init=tiny_policy)
+    out = run_stage(train_reward, cfg, inputs, ensemble=HEADS).outputs["reward_model"].dir
+    state, base = _state(out / "shared"), _state(tiny_policy)
+    assert np.allclose(base[KEY], state[KEY])  # the trunk did not move
+    assert state["score.weight"].shape == (3, 32) and not np.allclose(state["score.weight"][0],
+                                                                       state["score.weight"][1])
+    with pytest.raises(ValueError, match="needs train_reward.shared_backbone"):
+        RewardConfig(freeze_backbone=True)
