@@ -61,11 +61,16 @@ def prompt_id(prompt: chat.Prompt) -> str:
 
 
 def file_md5(path: str | Path) -> str:
-    """md5 of the file's bytes: what `dvc add` writes into the .dvc file for a single file."""
+    """md5 of a file's bytes (what `dvc add` writes into the .dvc file for a single file), or of a directory's
+    files (relative names and contents, in sorted order)."""
+    p = Path(path)
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for f in sorted(x for x in ([p] if p.is_file() else p.rglob("*")) if x.is_file()):
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -86,7 +91,7 @@ def read_rows(src: Path) -> list[tuple[str, object]]:
     readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
                ".parquet": _read_parquet, ".pq": _read_parquet}
     if ext not in readers:
-        raise ValueError(f"{src}: unknown prompt file type {ext or '(no extension)'!r}; expected .jsonl, .json, "
+        raise ValueError(f"{src}: unknown file type {ext or '(no extension)'!r}; expected .jsonl, .json, "
                          ".csv, .parquet or a datasets save_to_disk directory")
     try:
         return readers[ext](src)

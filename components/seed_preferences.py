@@ -15,64 +15,16 @@ Every problem is a ValueError naming `file:row` and the field.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pyarrow as pa
 
 from components import chat
 from components import preferences as prefs
+from components.prompt_import import read_rows
 from components.schemas import conform
 
 SOURCE = "imported"
-
-
-def file_md5(path: str | Path) -> str:
-    """md5 of a file, or of a directory's files (names and contents, in sorted order)."""
-    p = Path(path)
-    h = hashlib.md5()
-    for f in sorted(x for x in ([p] if p.is_file() else p.rglob("*")) if x.is_file()):
-        h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def _rows(path: Path) -> list[dict]:
-    if path.is_dir():
-        from datasets import DatasetDict, load_from_disk
-
-        ds = load_from_disk(str(path))
-        if isinstance(ds, DatasetDict):
-            if "train" not in ds:
-                raise ValueError(f"{path}: a DatasetDict without a 'train' split (splits: {list(ds)})")
-            ds = ds["train"]
-        return ds.to_list()
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = []
-        for k, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{k}: not valid JSON ({err.msg})") from None
-        return rows
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a JSON preference file must hold a list of rows")
-        return data
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if suffix == ".csv":
-        import pyarrow.csv as pcsv
-
-        return pcsv.read_csv(path).to_pylist()
-    raise ValueError(f"{path}: unknown preference file type {suffix!r} (use .jsonl, .json, .parquet, .csv or a "
-                     "datasets directory)")
 
 
 def _common_prefix(a: list, b: list) -> int:
@@ -135,10 +87,10 @@ def read_seed_preferences(path: str | Path) -> pa.Table:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"label.seed_preferences: {p} does not exist")
-    rows = _rows(p)
+    rows = read_rows(p)  # the prompt importer's readers: same formats, `FILE:LINE` / `FILE: row N` locations
     if not rows:
         raise ValueError(f"{p}: no preference rows")
-    triples = [convert_row(r, f"{p}:{k}") for k, r in enumerate(rows, start=1)]
+    triples = [convert_row(r, where) for where, r in rows]
     prompts = [t[0] for t in triples]
     chosen, rejected = [t[1] for t in triples], [t[2] for t in triples]
     n = len(triples)

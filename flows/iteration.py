@@ -174,7 +174,8 @@ def _seed_preferences(cfg: LoopConfig, store: ArtifactStore, earlier: list[dict]
     iteration starts with it; None once an earlier (not failed) iteration has added the same file."""
     if cfg.label.seed_preferences is None:
         return None
-    from components.seed_preferences import file_md5, read_seed_preferences
+    from components.prompt_import import file_md5
+    from components.seed_preferences import read_seed_preferences
 
     path, md5 = cfg.label.seed_preferences, file_md5(cfg.label.seed_preferences)
     if any((d.get("start", {}).get("seed_preferences") or {}).get("meta", {}).get("md5") == md5 for d in earlier

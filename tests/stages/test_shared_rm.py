@@ -117,5 +117,5 @@ def test_frozen_trunk_trains_only_the_heads(tiny_policy, tmp_path, stage_inputs)
     assert np.allclose(base[KEY], state[KEY])  # the trunk did not move
     assert state["score.weight"].shape == (3, 32) and not np.allclose(state["score.weight"][0],
                                                                        state["score.weight"][1])
-    with pytest.raises(ValueError, match="needs train_reward.shared_backbone"):
+    with pytest.raises(ValueError, match=r"needs train_reward\.shared_backbone"):
         RewardConfig(freeze_backbone=True)
