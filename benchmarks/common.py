@@ -195,17 +195,17 @@ class PlainStages:
 
     def put_table(self, kind: str, table, name: str | None = None, meta: dict | None = None):
         """A table into the store under a readable name (no hash): an input of a later stage."""
-        import hashlib
 
         import pyarrow.parquet as pq
 
-        from components.artifacts import ArtifactRef
+        from components.artifacts import ArtifactRef, digest
 
         self._n += 1
         rel = Path("tables") / f"{self._n:03d}-{name or kind}.parquet"
         (self.work / rel).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, self.work / rel)
-        return ArtifactRef(kind=kind, sha256=hashlib.sha256(str(rel).encode()).hexdigest(), uri=str(rel),
+        # the content hash the store verifies on every read (a readable name, not the content-addressed layout)
+        return ArtifactRef(kind=kind, sha256=digest(self.work / rel)[0], uri=str(rel),
                            meta={"rows": table.num_rows, **(meta or {})})
 
     def backends(self, stage: str, inputs, iteration: int, *, gold: bool, judge):
@@ -268,12 +268,11 @@ class PlainStages:
         return ref.meta["hub_id"] if "hub_id" in ref.meta else str(self.store.path(ref))
 
     def _ref(self, kind: str, path: Path, meta: dict):
-        import hashlib
 
-        from components.artifacts import ArtifactRef
+        from components.artifacts import ArtifactRef, digest
 
         rel = str(Path(path).relative_to(self.work))
-        return ArtifactRef(kind=kind, sha256=hashlib.sha256(rel.encode()).hexdigest(), uri=rel, meta=meta)
+        return ArtifactRef(kind=kind, sha256=digest(Path(path))[0], uri=rel, meta=meta)
 
 
 def plain_iteration(cfg, work: Path, iteration: int = 0) -> dict[str, float]:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.config_files import (
     ConfigError,
@@ -24,6 +24,7 @@ from components.config_files import (
     source,
 )
 from components.config_gate import GateCheck, GateConfig  # noqa: F401 - re-exported: `gate:`
+from components.config_judge import JudgeConfig  # `label.judge`, `evaluate.judge`
 from components.config_models import GenerateConfig, ModelsConfig  # `generate:`, `models:`
 from components.retention import RetentionConfig  # `retention:` (alignloop gc), defined with gc
 
@@ -49,80 +50,6 @@ class SampleConfig(_Frozen):
         " naming the limit and the count, checked before any stage runs. Empty or whitespace-only prompts are"
         " always an error."
     )
-
-
-class JudgeConfig(_Frozen):
-    """The pairwise LLM judge that uncertain pairs are routed to (components/judge.py). Every pair is judged in
-    both orders; only a consistent verdict becomes a label."""
-
-    backend: Literal["none", "toy", "hf", "openai"] = Field(
-        "none",
-        description="none: no judge (uncertain pairs go straight to `label.uncertain`); toy: the hidden gold reward"
-        " with `noise` and `position_bias` (needs `gold: toy`); hf: a local causal LM (`model` = from_pretrained"
-        " path) compares log-likelihoods of the verdict tokens; openai: any OpenAI-compatible chat endpoint.",
-    )
-    model: str = Field("", description="hf: from_pretrained path/hub id; openai: the served model name.")
-    base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="openai: endpoint base URL (…/v1); requests go to /chat/completions."
-    )
-    api_key_env: str = Field(
-        "OPENAI_API_KEY", description="openai: name of the environment variable holding the API key (never logged)."
-    )
-    rubric: str = Field(
-        "configs/rubrics/toy.md",
-        description="Rubric template file (relative paths: from the current directory, else the repository root):"
-        " Jinja when it ends in .j2/.jinja or uses {{ }}, else a Python format string, filled with {prompt} (the"
-        " conversation), {response_a} and {response_b}; it must ask for a final [[A]], [[B]] or [[tie]] (the only"
-        " answers read as verdicts). Its content's sha256 (with the system prompt) is part of the cache key. The"
-        " default is the toy task's; configs/real/judge-rubric.md is a general helpfulness/harmlessness rubric.",
-    )
-    system_prompt: str | None = Field(
-        None, description="hf/openai: system prompt shown before the rubric: inline text, or a file when it is one"
-        " line ending in .md/.txt/.j2/.jinja (resolved like `rubric`); None = none."
-    )
-    budget: int = Field(200, ge=0, description="Judge calls allowed per iteration (each pair costs 2: both orders;"
-                        " cache hits are free).")
-    budget_tokens: int | None = Field(
-        None, ge=0, description="Judge tokens (usage.total_tokens of the replies) allowed per iteration; a pair is"
-        " started only while the spend is below it (calls in flight may pass it by `concurrency` calls). None ="
-        " unlimited; local judges report 0 tokens."
-    )
-    select: Literal["uncertainty", "random"] = Field(
-        "uncertainty",
-        description="Which pairs spend the budget: uncertainty = the routed (uncertain) pairs, least certain first;"
-        " random = a random sample of all built pairs (the baseline routing is measured against).",
-    )
-    concurrency: int = Field(4, ge=1, description="Judge calls in flight at once.")
-    max_retries: int = Field(
-        3, ge=0, description="Retries of a call after a connection error, timeout or HTTP 429/5xx (then the pair"
-        " stays uncertain). HTTP 400/413 (too long) and unreadable replies are not retried."
-    )
-    backoff_s: float = Field(
-        0.5, ge=0, description="First retry delay; doubles on every retry, +0-25% jitter, at least Retry-After."
-    )
-    give_up_after: int = Field(
-        8, ge=0, description="Consecutive questions failed after all retries before the judge counts as down for the"
-        " iteration: the rest is not asked (its pairs stay uncertain; the stage finishes with a warning). 0 = never."
-    )
-    timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout in seconds.")
-    max_tokens: int = Field(
-        512, ge=1, description="openai: tokens the judge may generate: room for its reasoning before the final"
-        " [[A]]/[[B]]/[[tie]] (a reply cut off before it is no verdict)."
-    )
-    noise: float = Field(0.1, ge=0, le=0.5, description="toy: probability that a verdict is flipped (label noise).")
-    position_bias: float = Field(
-        0.1, ge=0, le=1, description="toy: probability that the judge answers 'A' (the first shown) whatever it saw."
-    )
-
-    @field_validator("rubric")
-    @classmethod
-    def _rubric_exists(cls, value: str, info: ValidationInfo) -> str:
-        from components.backends.judge_base import REPO, find_file
-
-        if info.data.get("backend", "none") != "none" and find_file(value) is None:  # read when the judge is built
-            raise ValueError(f"rubric file not found: {value} (relative paths are read from the current directory"
-                             f" or the repository root {REPO})")
-        return value
 
 
 class PretrainedRM(_Frozen):
@@ -402,10 +329,21 @@ class PolicyConfig(_Frozen):
 
 
 class EvalConfig(_Frozen):
-    """Stage 6, evaluate: candidate vs champion on the held-out split (the decision is the gate's, `gate:`)."""
+    """Stage 6, evaluate: candidate vs champion on the held-out split (the decision is the gate's, `gate:`).
 
-    n_prompts: int = Field(64, ge=1, description="Held-out prompts (eval split) scored per iteration.")
-    samples_per_prompt: int = Field(4, ge=1)
+    Sample size, from the power calculation (components/power.py): the gate passes a true held-out win-rate gain
+    δ over ½ with power 0.8 from n = D·(2.80·σ/(a·δ))² paired comparisons (n_prompts × samples_per_prompt; σ ≤ ½,
+    D the within-prompt design effect, a = (1 − position_bias)(1 − 2·noise) the judge's attenuation). The
+    embedded default's 128 × 4 = 512 comparisons with the toy judge (a = 0.72) and D ≈ 1.5 detect δ ≈ 0.105,
+    i.e. a true win rate of ~0.61 in one night; smaller nightly gains are kept as the training head
+    (`gate.keep_head`) and promoted once they add up. Both sides sample with the same seed per prompt (common
+    random numbers): where the policies agree the samples are identical ties, the variance the comparison is
+    spared (on the toy ~73% of pairs of consecutive policies are identical, which also shrinks δ by that share).
+    """
+
+    n_prompts: int = Field(64, ge=1, description="Held-out prompts (eval split) scored per iteration (sample size:"
+                           " the class docstring).")
+    samples_per_prompt: int = Field(4, ge=1, description="Samples per held-out prompt and policy, paired by seed.")
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
     regression_set: str = Field(

@@ -47,6 +47,11 @@ class GateCheck(_Frozen):
     below: float | None = Field(None, description="Passes only if value < below.")
     at_most: float | None = Field(None, description="Passes only if value <= at_most.")
     blocking: bool = Field(True, description="A failed blocking check rejects the candidate; others only warn.")
+    role: Literal["safety", "significance"] = Field(
+        "safety", description="What a failed blocking check means (gate.keep_head): safety = the candidate is unsafe"
+        " and discarded (KL, length, regression, reward hacking, not worse than the champion); significance = its"
+        " gain is not yet shown (a win-rate CI): a candidate failing only these becomes the training head."
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> GateCheck:
@@ -69,6 +74,9 @@ class GateConfig(_Frozen):
     (`alignloop promote --version N`) without re-sampling. Every blocking check must pass for the candidate to
     become champion.
 
+    Outcomes: promote (every blocking check passed: `champion` and `head` move), head (every blocking safety check
+    passed, a significance check did not: only `head` moves; with keep_head), discard (a safety check failed).
+
     `checks` unset = the standard checks, built from the thresholds below by `components.gating.standard_checks`:
     proxy win rate, KL budget, length ratio, and where the report has a held-out signal (`evaluate.heldout` not
     none) its win rate and the reward-hacking check (all blocking); the length-controlled win rate (advisory;
@@ -83,7 +91,7 @@ class GateConfig(_Frozen):
     max_length_ratio: float = Field(1.5, gt=1, description="Candidate/champion mean length must stay within 1/x..x.")
     hacking_tolerance: float = Field(
         0.0, ge=0, description="Reward-hacking check: `reward_hacking` (> 0 when the proxy win rate is significantly"
-        " above ½ while the held-out one is not above ½) must stay at most this."
+        " above ½ while the held-out one is significantly below ½) must stay at most this."
     )
     max_regression_drop: float = Field(
         4.0, gt=0, description="Regression check: mean log-likelihood of the fixed reference completions (nats per"
@@ -94,6 +102,19 @@ class GateConfig(_Frozen):
         " rate against the fixed reference completions may fall at most this much below the champion's (ZenML's"
         " rule with the held-out check: beat the champion and do not regress against a constant baseline);"
         " null = off."
+    )
+    keep_head: bool = Field(
+        True, description="Keep gains the gate cannot yet see: a candidate that passes every blocking safety check but"
+        " not a significance check becomes the training head (alias `head`: what the next iteration samples from and"
+        " trains), while `champion` stays; the gate keeps comparing later candidates with the champion until the"
+        " gain is significant. false = such a candidate is discarded like an unsafe one."
+    )
+    min_head_win_rate: float = Field(
+        0.5, ge=0, le=1, description="Non-inferiority (safety check `not_worse`): the candidate's held-out (else"
+        " proxy) win rate vs the champion, as estimated, must be at least this: a head may be not yet significantly"
+        " better, never look worse. (Not the upper CI bound: on the toy most paired held-out samples of close"
+        " policies are identical ties, the judged win rate is diluted, and heads 0.3 gold below the champion had"
+        " an upper bound over ½.)"
     )
     checks: tuple[GateCheck, ...] | None = Field(
         None, description="The full gate specification; unset = the standard checks (class docstring). A list"

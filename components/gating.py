@@ -1,5 +1,11 @@
 """The promotion rule: a candidate replaces the champion only if every blocking check passes.
 
+Three outcomes (`GateDecision.outcome`): promote (all blocking checks pass: champion and head move to the
+candidate), head (every blocking *safety* check passes but a *significance* check does not, with
+`gate.keep_head`: the candidate becomes the training head the next iteration starts from, the champion stays,
+so a gain too small to show in one night is kept and compounds until it is significant), discard (a safety
+check failed, or keep_head is off: nothing moves).
+
 A check (config: `GateCheck`) reads one metric of the evaluation, optionally against the champion's value,
 and compares it with a bound. Each check records its value, bound and verdict, so a rejected candidate
 always says why, and the decision renders as a table (Prefect artifact, MLflow, the iteration report).
@@ -21,16 +27,21 @@ class Check:
     bound: str        # human-readable bound, e.g. "> 0.5"
     passed: bool
     blocking: bool = True
+    role: str = "safety"
 
     @property
     def reason(self) -> str:
         return f"{self.name}: {self.metric} = {self.value:.4g} (needs {self.bound})"
 
 
+OUTCOMES = ("promote", "head", "discard")
+
+
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
     checks: tuple[Check, ...]
+    outcome: str = "discard"  # one of OUTCOMES
 
     @property
     def reasons(self) -> list[str]:
@@ -41,7 +52,7 @@ class GateDecision:
         return [c.reason for c in self.checks if not c.blocking and not c.passed]
 
     def to_dict(self) -> dict:
-        return {"promote": self.promote, "reasons": self.reasons, "warnings": self.warnings,
+        return {"promote": self.promote, "outcome": self.outcome, "reasons": self.reasons, "warnings": self.warnings,
                 "checks": [asdict(c) for c in self.checks]}
 
 
@@ -53,15 +64,20 @@ def standard_checks(gate: GateConfig, metrics: dict[str, float]) -> tuple[GateCh
     the held-out checks where it had a held-out signal (`evaluate.heldout`), the length-controlled held-out win
     rate only for a pointwise one (gold), the regression check where it had a regression set."""
     win = gate.min_win_rate_lower
+    signal = "heldout" if HELDOUT in metrics else "proxy"
     checks = [
-        GateCheck(name="proxy_win_rate", metric="evaluate/proxy_win_rate/ci_low", above=win),
+        GateCheck(name="proxy_win_rate", metric="evaluate/proxy_win_rate/ci_low", above=win, role="significance"),
+        # non-inferiority: a head that is not yet significantly better must not look worse either (the point
+        # estimate: an upper CI bound let heads 0.3 gold below the champion through on the toy, where ties dilute
+        # the judged win rate; benchmarks/README.md §8)
+        GateCheck(name="not_worse", metric=f"evaluate/{signal}_win_rate/value", at_least=gate.min_head_win_rate),
         GateCheck(name="kl_budget", metric="evaluate/candidate/kl", at_most=gate.max_kl),
         GateCheck(name="length_ratio", metric="evaluate/candidate/mean_tokens", vs_champion="ratio",
                   at_least=1 / gate.max_length_ratio, at_most=gate.max_length_ratio),
     ]
     if HELDOUT in metrics:
         checks += [
-            GateCheck(name="heldout_win_rate", metric=HELDOUT, above=win),
+            GateCheck(name="heldout_win_rate", metric=HELDOUT, above=win, role="significance"),
             # The proxy may rise while an independent signal does not: the classic over-optimisation signature.
             GateCheck(name="reward_hacking", metric="evaluate/reward_hacking", at_most=gate.hacking_tolerance),
         ]
@@ -123,18 +139,23 @@ def decide(metrics: dict[str, float], gate: GateConfig) -> GateDecision:
     for c in spec:
         value = measure(c, metrics)
         metric = c.metric if c.vs_champion == "none" else f"{c.metric} ({c.vs_champion} vs champion)"
-        checks.append(Check(c.name, metric, value, bound_text(c), passes(c, value), c.blocking))
-    return GateDecision(promote=all(c.passed for c in checks if c.blocking), checks=tuple(checks))
+        checks.append(Check(c.name, metric, value, bound_text(c), passes(c, value), c.blocking, c.role))
+    failed = {c.role for c in checks if c.blocking and not c.passed}
+    outcome = "promote" if not failed else "head" if failed == {"significance"} and gate.keep_head else "discard"
+    return GateDecision(promote=outcome == "promote", checks=tuple(checks), outcome=outcome)
 
 
 def markdown(decision: dict, title: str) -> str:
     """The decision (a `GateDecision.to_dict()`) as a Markdown table with its verdict and reasons."""
-    verdict = "**PROMOTE**" if decision["promote"] else "**REJECT**"
-    rows = [f"# {title}", "", f"Decision: {verdict}", "", "| check | metric | value | bound | verdict | blocking |",
-            "|---|---|---:|---|---|---|"]
+    outcome = decision.get("outcome", "promote" if decision["promote"] else "discard")
+    verdict = {"promote": "**PROMOTE**", "head": "**HEAD** (kept as training head; champion stays)"}.get(
+        outcome, "**REJECT**")
+    rows = [f"# {title}", "", f"Decision: {verdict}", "",
+            "| check | metric | value | bound | verdict | blocking | role |", "|---|---|---:|---|---|---|---|"]
     for c in decision["checks"]:
         rows.append(f"| {c['name']} | {c['metric']} | {c['value']:.4g} | {c['bound']} | "
-                    f"{'pass' if c['passed'] else 'FAIL'} | {'yes' if c['blocking'] else 'no'} |")
+                    f"{'pass' if c['passed'] else 'FAIL'} | {'yes' if c['blocking'] else 'no'} | "
+                    f"{c.get('role', 'safety')} |")
     for label, key in (("Reasons", "reasons"), ("Warnings", "warnings")):
         if decision.get(key):
             rows += ["", f"{label}:", *[f"- {r}" for r in decision[key]]]

@@ -123,9 +123,9 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
 
     def promote(self, name: str, version: str) -> None:
-        """champion → previous, `version` → champion. `champion` is written last, so a crash at any point leaves
-        the old champion in place and running promote again completes the move (tested by killing the process
-        between the writes). The replaced version is kept in the tag `alignloop.promoted_over`, which lets
+        """champion → previous, `version` → head and champion. `champion` is written last, so a crash at any point
+        leaves the old champion in place and running promote again completes the move (tested by killing the
+        process between the writes). The replaced version is kept in the tag `alignloop.promoted_over`, which lets
         rollback walk back more than one step."""
         version = str(version)
         old = self.alias(name, "champion")
@@ -133,12 +133,20 @@ class Tracker:
             self.client.set_model_version_tag(name, version, TAG_PROMOTED_OVER, str(old.version))
             self.set_alias(name, "previous", str(old.version))
             fault_point("promote:after-previous")
+        self.set_alias(name, "head", version)
+        fault_point("promote:after-head")
         self.set_alias(name, "champion", version)
 
+    def head(self, name: str):
+        """The training head (what the next iteration samples from and trains): alias `head`, else the champion
+        (a registry from before heads existed, or one whose head was never set)."""
+        return self.alias(name, "head") or self.alias(name, "champion")
+
     def rollback(self, name: str, tags: dict[str, str]) -> tuple[str, str]:
-        """champion → previous, and previous → the version that one had replaced (or unset): repeated rollbacks
-        walk back the promotion history. `tags` go on the demoted version (who, why). Returns (demoted,
-        restored). A crash after the first write leaves champion == previous; a re-run then only finishes."""
+        """champion → previous (and head → the same), and previous → the version that one had replaced (or unset):
+        repeated rollbacks walk back the promotion history. `tags` go on the demoted version (who, why). Returns
+        (demoted, restored). A crash after the first write leaves champion == previous; a re-run then only
+        finishes."""
         champ, prev = self.alias(name, "champion"), self.alias(name, "previous")
         if prev is None:
             raise LookupError(f"{name}: no `previous` alias, nothing to roll back to")
@@ -148,6 +156,7 @@ class Tracker:
                 self.client.set_model_version_tag(name, demoted, k, v)
             self.set_alias(name, "champion", restored)
             fault_point("rollback:after-champion")
+        self.set_alias(name, "head", restored)  # the head may descend from the demoted champion: restart from it
         before = prev.tags.get(TAG_PROMOTED_OVER)
         if before:
             self.set_alias(name, "previous", before)

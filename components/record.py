@@ -5,7 +5,7 @@ A finished iteration's ledger holds, under "record":
     experiment    the MLflow experiment (one per loop) and the tracking URI it was in
     registry      every registered version of `policy` and `reward-model` at that point: version -> artifact sha,
                   source and tags (so version numbers can be re-created in order and keep naming the same bytes)
-    aliases       champion / previous / candidate of both models
+    aliases       champion / previous / candidate (and the policy's head) of both models
     run           the iteration run's name, tags and params (the config)
     data_tag      the data repo's tag iter-N (and data_rev, its commit)
 

@@ -24,7 +24,8 @@ from components.workspace import Workspace
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}.pass{color:#17692b}.fail{color:#b00020;font-weight:bold}.num{text-align:right}
-img{max-width:100%;border:1px solid #eee}.promote{color:#17692b}.reject{color:#b00020}code{font-size:90%}
+img{max-width:100%;border:1px solid #eee}.promote{color:#17692b}.head{color:#8a6d00}.reject,.discard{color:#b00020}
+code{font-size:90%}
 .bar{background:#4c72b0;height:10px}"""
 PIPELINE = ["sample_prompts", "generate", "label", "train_reward", "train_policy", "evaluate", "gate", "version"]
 
@@ -63,22 +64,38 @@ def curves_figure(ledgers: list[dict]):
 
     done = [d for d in ledgers if d.get("status") == "finished"]
     x = [d["iteration"] for d in done]
-    fig = Figure(figsize=(14, 3))
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.17, top=0.88, wspace=0.25)
-    axes = fig.subplots(1, 4)
+    fig = Figure(figsize=(17, 3))
+    fig.subplots_adjust(left=0.035, right=0.99, bottom=0.17, top=0.88, wspace=0.25)
+    axes = fig.subplots(1, 5)
     for ax, (key, title) in zip(axes, (("gold_reward", "gold reward (held-out)"), ("proxy_reward", "proxy reward"),
                                        ("kl", "KL to reference (nats/seq)"), ("mean_tokens", "mean length (tokens)"))):
         for side, style in (("champion", "o-"), ("candidate", "s--")):
             ys = [d["report"][side].get(key) for d in done]
             ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=side)
-        for xi, d in zip(x, done):  # promoted iterations marked
-            if d["decision"]["promote"]:
-                ax.axvline(xi, color="#17692b", alpha=0.15, lw=6)
+        for xi, d in zip(x, done):  # promoted iterations marked green, new training heads yellow
+            outcome = d["decision"].get("outcome") or ("promote" if d["decision"]["promote"] else "discard")
+            if outcome != "discard":
+                ax.axvline(xi, color="#17692b" if outcome == "promote" else "#c9a400", alpha=0.15, lw=6)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8)
+    _gold_vs_oracle_calls(axes[4], done)
     return fig
+
+
+def _gold_vs_oracle_calls(ax, done: list[dict]) -> None:
+    """Champion gold after each gate (the candidate's if promoted) against cumulative `label/oracle_calls`: what
+    the labels bought (benchmarks/continual.py plots the same for its arms)."""
+    calls, total, gold = [], 0, []
+    for d in done:
+        total += d["outputs"]["preferences"].get("meta", {}).get("label", {}).get("label/oracle_calls", 0)
+        side = "candidate" if d["decision"]["promote"] else "champion"
+        calls.append(total)
+        gold.append(d["report"][side].get("gold_reward"))
+    ax.plot(calls, [float("nan") if g is None else g for g in gold], "o-")
+    ax.set_title("champion gold vs oracle calls", fontsize=10)
+    ax.set_xlabel("cumulative oracle calls")
 
 
 def _gate_table(decision: dict) -> str:
@@ -113,11 +130,13 @@ def render_html(iteration: int, ledgers: list[dict], label_mix: dict[int, dict[s
     if doc is None or doc.get("status") != "finished":
         raise ValueError(f"iteration {iteration} has no finished ledger (known: {[d['iteration'] for d in ledgers]})")
     dec, rep = doc["decision"], doc["report"]
-    verdict = "promote" if dec["promote"] else "reject"
+    verdict = dec.get("outcome") or ("promote" if dec["promote"] else "reject")
+    heads = (f" · head v{dec['head_version']} · champion v{dec['champion_version']}"
+             if dec.get("head_version") else "")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in dec["reasons"] + dec.get("warnings", []))
     parts = [
         f"<h1>{html.escape(title)} — iteration {iteration}</h1>",
-        f"<p>Gate: <b class={verdict}>{verdict.upper()}</b> (policy v{dec.get('version', '?')}) · config "
+        f"<p>Gate: <b class={verdict}>{verdict.upper()}</b> (policy v{dec.get('version', '?')}){heads} · config "
         f"<code>{doc['config_hash']}</code> · data rev <code>{str(doc.get('data_rev', ''))[:12]}</code></p>",
         f"<ul>{reasons}</ul>" if reasons else "", "<h2>Gate</h2>", _gate_table(dec),
         "<h2>Across iterations</h2>", _png(curves_figure(ledgers)),

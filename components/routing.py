@@ -6,9 +6,10 @@ ensemble std of the margin σ and member agreement α (share of members preferri
     uncertain  ⇔  m ≤ k·σ  or  α < α_min                    (k = min_margin_over_std, α_min = min_agreement)
 
 Certain pairs are labelled by the ensemble (label_source = rm_ensemble). The judge's budget is offered pairs
-in priority order (`judge_order`): with select = uncertainty, only uncertain pairs, least certain first (lowest
-z = m/σ: where the ensemble is closest to a coin flip, a judge verdict adds the most); with select = random, a
-random sample of all pairs (the baseline). A consistent judge verdict becomes the label (label_source = judge,
+in priority order (`judge_order`): with select = uncertainty, uncertain pairs first, least certain first (lowest
+z = m/σ: where the ensemble is closest to a coin flip, a judge verdict adds the most), then (spend = budget) the
+remaining pairs the same way, so the budget is spent every iteration; with select = random, a random sample of
+all pairs (the baseline). A consistent judge verdict becomes the label (label_source = judge,
 oriented by the judge, which may flip the ensemble). Only "a" and "b" are verdicts: a tie, an inconsistent
 pair, a reply without a verdict marker and a failed call (`components.judge.Outcome`: tie, inconsistent,
 no_verdict, error) never become labels. Uncertain pairs the judge did not settle (those, over budget, no judge)
@@ -37,19 +38,21 @@ def uncertain(margin: np.ndarray, margin_std: np.ndarray, agreement: np.ndarray,
 
 
 def judge_order(is_uncertain: np.ndarray, margin: np.ndarray, margin_std: np.ndarray, select: str,
-                rng: np.random.Generator, *, single: bool = False) -> np.ndarray:
+                rng: np.random.Generator, *, single: bool = False, spend: str = "budget") -> np.ndarray:
     """Indices of the pairs offered to the judge, highest priority first. `single`: one scorer (K = 1), whose
     margin std is 0 and agreement 1, so no pair is uncertain by them: every pair is offered, smallest |margin|
-    first (where one reward model is closest to a coin flip)."""
+    first (where one reward model is closest to a coin flip). `spend`: routed = only the uncertain pairs;
+    budget = the uncertain pairs, then every other pair, each group least certain (lowest z = m/σ) first, so the
+    whole budget buys the B most informative labels every iteration even when the threshold routes none."""
     if select == "random":
         return rng.permutation(len(margin))
     if select != "uncertainty":
         raise ValueError(f"unknown judge selection {select!r}")
     if single:
         return np.argsort(np.abs(margin), kind="stable")
-    idx = np.flatnonzero(is_uncertain)
-    z = margin[idx] / np.maximum(margin_std[idx], 1e-12)
-    return idx[np.argsort(z, kind="stable")]
+    z = margin / np.maximum(margin_std, 1e-12)
+    groups = (np.flatnonzero(is_uncertain),) + ((np.flatnonzero(~is_uncertain),) if spend == "budget" else ())
+    return np.concatenate([g[np.argsort(z[g], kind="stable")] for g in groups]).astype(np.int64)
 
 
 @dataclass

@@ -87,13 +87,23 @@ def _interrupted(bar, ws: Path, err: BaseException) -> None:
     raise typer.Exit(interrupts.exit_code(err))
 
 
-def status(workspace: Path = WorkspaceOpt):
-    """Iterations so far, the champion version, and the last gate decisions."""
+def status(workspace: Path = WorkspaceOpt,
+           as_json: bool = typer.Option(False, "--json", help="Print the iteration table as JSON (one object per "
+                                        "iteration: decision, versions, candidate/champion numbers, oracle calls)")):
+    """Iterations so far (gate outcome; candidate, head and champion versions; candidate vs champion numbers;
+    oracle calls), the registry's aliases, and the last gate decisions."""
     from components.workspace import Workspace
     from flows.cmd_workspace import registry_lines, shown_ledgers
+    from flows.common import iteration_records, outcome_of
 
     ws = Workspace.at(workspace_dir(workspace))
     ledgers, notes = shown_ledgers(ws)
+    if as_json:
+        import json
+
+        print(json.dumps({"workspace": str(ws.root), "iterations": iteration_records(ledgers), "warnings": notes},
+                         indent=1, default=str))
+        raise typer.Exit(0)
     if not ledgers and not notes:
         console.print(f"no iterations in {ws.root}")
         raise typer.Exit(0)
@@ -104,7 +114,7 @@ def status(workspace: Path = WorkspaceOpt):
     for d in ledgers[-3:]:
         if d.get("status") == "finished":
             reasons = d["decision"]["reasons"]
-            console.print(f"iter {d['iteration']}: {'promote' if d['decision']['promote'] else 'reject'}"
+            console.print(f"iter {d['iteration']}: {outcome_of(d['decision'])}"
                           + (f" — {'; '.join(reasons)}" if reasons else ""))
     from components import record
 

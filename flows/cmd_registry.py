@@ -26,7 +26,7 @@ from components.artifacts import ArtifactStore, CorruptArtifact
 from components.config import ConfigError
 from components.lineage import POLICY, REWARD_MODEL, TAG_ITER, TAG_SHA, Tracker, _client
 from components.workspace import Workspace
-from flows.common import WorkspaceOpt, console, fail, quiet_env, take_lock, workspace_dir
+from flows.common import WorkspaceOpt, console, fail, outcome_of, quiet_env, take_lock, workspace_dir
 
 TAG_ROLLBACK = "alignloop.rollback"  # the last rollback's intent (see `rollback`)
 
@@ -91,7 +91,8 @@ def link(tracker: Tracker, store: ArtifactStore, ws: Workspace, mv) -> dict:
     rev = parent.data.tags.get("dvc.rev")
     judge = cfg.label.judge if hasattr(cfg.label, "judge") else None
     return {**rec,
-            "parent": _version_of(tracker, POLICY, tags["train_policy"]["input.policy"]),
+            "parent": _version_of(tracker, POLICY, tags["train_policy"]["input.policy"]),  # the head it trained from
+            "compared_with": _version_of(tracker, POLICY, tags["evaluate"].get("input.champion")),  # the champion
             "mlflow_run_id": parent_id, "config_hash": parent.data.tags.get("config_hash"),
             "git_sha": parent.data.tags.get("git_sha"),
             "preferences": {"artifact_sha": prefs_sha, "rows": prefs.num_rows,
@@ -382,8 +383,9 @@ def lineage(spec: str = typer.Argument("policy@champion", help="policy@champion 
             console.print(f"[bold]policy v{r['version']}[/] — {r['origin']}: {r['source']}")
             continue
         p, rm, gate = r["preferences"], r["reward_models"], r["gate"]
+        against = f" vs champion v{r['compared_with']['version']}" if r.get("compared_with") else ""
         console.print(f"[bold]policy v{r['version']}[/] iteration {r['iteration']} ← parent "
-                      f"v{r['parent']['version']}; gate {'promote' if gate['promote'] else 'reject'}"
+                      f"v{r['parent']['version']}; gate {outcome_of(gate)}{against}"
                       + (f" ({'; '.join(gate['reasons'])})" if gate["reasons"] else ""))
         console.print(f"  preferences {p['artifact_sha'][:12]} rows {p['rows']} {p['rows_by_label_source']} "
                       f"dvc {p['dvc']['path']}@{p['dvc']['tag']} ({str(p['dvc']['rev'])[:12]})")

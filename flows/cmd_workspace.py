@@ -181,7 +181,7 @@ def registry_lines(ws) -> list[str]:
 def shown_ledgers(ws) -> tuple[list[dict], list[str]]:
     """The ledgers as the iteration table can show them (an unreadable or incomplete one as its bare status),
     and notes on those that could not be read in full."""
-    from flows.common import _iteration_row, _start_row
+    from flows.common import _iteration_row, _start_row, iteration_records
 
     docs, notes = [], []
     for p in sorted((ws.root / "ledger").glob("iter-*.json")):
@@ -192,7 +192,7 @@ def shown_ledgers(ws) -> tuple[list[dict], list[str]]:
             notes.append(f"{p.name}: unreadable ledger ({type(err).__name__})")
             continue
         try:
-            _iteration_row(d)
+            _iteration_row(iteration_records([d])[0])
             _start_row([d])
             if d.get("status") == "finished":
                 _ = d["decision"]["reasons"]  # shown below the table

@@ -31,47 +31,86 @@ def workspace_dir(path: Path | None) -> Path:
     return (path or Path("workspace")).expanduser().resolve()
 
 
+MODEL_KEYS = ("gold_reward", "proxy_reward", "kl", "mean_tokens")
+
+
+def outcome_of(decision: dict) -> str:
+    """promote | head | discard (a ledger from before heads: promote or discard)."""
+    return decision.get("outcome") or ("promote" if decision["promote"] else "discard")
+
+
+def iteration_records(ledgers: list[dict]) -> list[dict]:
+    """One record per iteration (what `alignloop status --json` prints and the table shows): the gate's outcome,
+    the candidate / head / champion versions after it, candidate and champion (the one it was compared with)
+    held-out numbers, the win rates, the label mix, oracle calls (this iteration's labels, its gate, and the
+    labels' running total), seconds."""
+    out, total = [], 0
+    for d in ledgers:
+        rec = {"iteration": d["iteration"], "status": d.get("status", "?")}
+        if d.get("status") == "finished":
+            dec, rep = d["decision"], d["report"]
+            mix = d["outputs"]["preferences"].get("meta", {}).get("label", {})
+            calls = int(mix.get("label/oracle_calls", mix.get("label/judge_calls", 0)))
+            total += calls
+            rec.update(decision=outcome_of(dec), candidate_version=dec.get("version"),
+                       head_version=dec.get("head_version"), champion_version=dec.get("champion_version"),
+                       **{side: {k: rep[side].get(k) for k in MODEL_KEYS} for side in ("candidate", "champion")},
+                       proxy_win_rate=rep.get("proxy_win_rate"), heldout_win_rate=rep.get("heldout_win_rate"),
+                       label_mix={s: int(mix.get(f"label/kept/{s}", 0)) for s in
+                                  ("rm_ensemble", "judge", "gold", "human", "imported")},
+                       oracle_calls=calls, oracle_calls_total=total,
+                       eval_oracle_calls=int(rep.get("metrics", {}).get("evaluate/oracle_calls", 0)),
+                       seconds=round(sum(d.get("timings", {}).values()), 1))
+        out.append(rec)
+    return out
+
+
 def _start_row(ledgers: list[dict]) -> list[str] | None:
-    """The policy the loop started from, as evaluated in the first finished iteration."""
+    """The policy the loop started from, as evaluated (as champion) in the first finished iteration."""
     first = next((d for d in ledgers if d.get("status") == "finished"), None)
     if not first:
         return None
-    start = first["report"]["champion"]
-    gold = "-" if start["gold_reward"] is None else f"{start['gold_reward']:+.3f}"
-    return ["start", gold, f"{start['proxy_reward']:+.3f}", f"{start['kl']:.2f}", f"{start['mean_tokens']:.1f}",
-            "-", "-", "-", "-", "-", "-"]
+    s = first["report"]["champion"]
+    gold = "-" if s["gold_reward"] is None else f"{s['gold_reward']:+.3f}"
+    return ["start", "-", "-", f"- | {gold}", f"- | {s['proxy_reward']:+.3f}", f"{s['kl']:.2f}",
+            f"- | {s['mean_tokens']:.1f}", "-", "-", "-", "-"]
 
 
-def _iteration_row(d: dict) -> list[str]:
-    if d.get("status") != "finished":
-        return [str(d["iteration"]), *["-"] * 6, d.get("status", "?"), "-", "-", "-"]
-    rep, promoted = d["report"], d["decision"]["promote"]
-    mix = d["outputs"]["preferences"].get("meta", {}).get("label", {})
-    champ = rep["candidate"] if promoted else rep["champion"]
+GATE_STYLE = {"promote": "[green]promote[/]", "head": "[yellow]head[/]", "discard": "[red]discard[/]"}
 
-    def wr(key):
-        w = rep.get(key)
+
+def _iteration_row(rec: dict) -> list[str]:
+    if rec["status"] != "finished":
+        return [str(rec["iteration"]), rec["status"], *["-"] * 9]
+    c, ch = rec["candidate"], rec["champion"]
+
+    def wr(w):
         return f"{w['value']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" if w else "-"
 
-    gold = "-" if champ["gold_reward"] is None else f"{champ['gold_reward']:+.3f}"
-    return [str(d["iteration"]), gold, f"{champ['proxy_reward']:+.3f}", f"{champ['kl']:.2f}",
-            f"{champ['mean_tokens']:.1f}", wr("proxy_win_rate"), wr("heldout_win_rate"),
-            "[green]promote[/]" if promoted else "[red]reject[/]",
-            "/".join(str(int(mix.get(f"label/kept/{s}", 0))) for s in ("rm_ensemble", "judge", "gold", "human")),
-            str(int(mix.get("label/judge_calls", 0))),
-            f"{sum(d['timings'].values()):.0f}"]
+    def gold(x):
+        return "-" if x is None else f"{x:+.3f}"
+
+    v = [f"v{rec[k]}" if rec.get(k) else "-" for k in ("candidate_version", "head_version", "champion_version")]
+    mix = rec["label_mix"]
+    return [str(rec["iteration"]), GATE_STYLE.get(rec["decision"], rec["decision"]), "/".join(v),
+            f"{gold(c['gold_reward'])} | {gold(ch['gold_reward'])}",
+            f"{c['proxy_reward']:+.3f} | {ch['proxy_reward']:+.3f}", f"{c['kl']:.2f}",
+            f"{c['mean_tokens']:.1f} | {ch['mean_tokens']:.1f}", wr(rec["heldout_win_rate"] or rec["proxy_win_rate"]),
+            "/".join(str(mix[s]) for s in ("rm_ensemble", "judge", "gold", "human")),
+            f"{rec['oracle_calls']} / {rec['oracle_calls_total']}", f"{rec['seconds']:.0f}"]
 
 
 def iteration_table(ledgers: list[dict]) -> Table:
-    table = Table(title="alignloop iterations (champion after the gate; win rates: candidate vs champion, 95% CI)")
-    for col in ("iter", "gold", "proxy", "KL to ref", "mean len", "win rate proxy", "win rate held-out", "gate",
-                "pairs kept rm/judge/gold/human", "judge calls", "seconds"):
+    table = Table(title="alignloop iterations (candidate | the champion it was compared with; versions after the "
+                        "gate; win rate: candidate vs champion, held-out signal (else proxy), 95% CI)")
+    for col in ("iter", "gate", "cand/head/champ", "gold", "proxy", "KL to ref", "mean len", "win rate",
+                "kept rm/judge/gold/human", "oracle calls iter/total", "seconds"):
         table.add_column(col, justify="right")
     start = _start_row(ledgers)
     if start:
         table.add_row(*start)
-    for d in ledgers:
-        table.add_row(*_iteration_row(d))
+    for rec in iteration_records(ledgers):
+        table.add_row(*_iteration_row(rec))
     return table
 
 

@@ -126,21 +126,25 @@ def _initial_policy(store: ArtifactStore, tracker: Tracker, source: str, run_id:
     version = tracker.register(POLICY, ref, uri, run_id, {"alignloop.iteration": "-1", "alignloop.gate": "initial"})
     if tracker.alias(POLICY, "champion") is None:
         tracker.set_alias(POLICY, "champion", version)
+    if tracker.alias(POLICY, "head") is None:
+        tracker.set_alias(POLICY, "head", str(tracker.alias(POLICY, "champion").version))
     return ref
 
 
 def _restore_champion(tracker: Tracker, ledger: dict) -> None:
-    """A failed iteration must not change the champion: undo a promotion made before a later stage failed."""
+    """A failed iteration must not change the champion or the head: undo a gate's moves made before a later stage
+    failed."""
     start = ledger.get("start")
-    champ = tracker.alias(POLICY, "champion")
-    if start and champ is not None and str(champ.version) != str(start["champion_version"]):
-        tracker.set_alias(POLICY, "champion", start["champion_version"])
+    for alias in ("champion", "head"):
+        was, now = (start or {}).get(f"{alias}_version"), tracker.alias(POLICY, alias)
+        if was is not None and now is not None and str(now.version) != str(was):
+            tracker.set_alias(POLICY, alias, was)
 
 
 def _start_state(cfg: LoopConfig, ws: Workspace, store: ArtifactStore, tracker: Tracker, i: int, parent: str,
                  ledger: dict) -> dict:
-    """Fix the iteration's starting state once (pool, initial policy, champion, reward model in use, human labels
-    to add), so a resumed iteration sees exactly the inputs the crashed one saw."""
+    """Fix the iteration's starting state once (pool, initial policy, champion, training head, reward model in use,
+    human labels to add), so a resumed iteration sees exactly the inputs the crashed one saw."""
     import pyarrow.parquet as pq
 
     from components.human_queue import pending_imports
@@ -152,16 +156,19 @@ def _start_state(cfg: LoopConfig, ws: Workspace, store: ArtifactStore, tracker: 
     pool_ref = store.put_table("prompts", conform(pq.read_table(cfg.prompt_pool), "prompts", cfg.prompt_pool),
                                meta={"origin": cfg.prompt_pool, **pool_version(cfg.prompt_pool)})  # md5 = .dvc
     init_ref = _initial_policy(store, tracker, cfg.policy_init, parent, earlier)
-    champ = tracker.alias(POLICY, "champion")
-    champ_ref = init_ref if champ.tags[TAG_SHA] == init_ref.sha256 else store.ref("policy", champ.tags[TAG_SHA])
+    champ, head = tracker.alias(POLICY, "champion"), tracker.head(POLICY)
+
+    def policy_ref(mv) -> ArtifactRef:
+        return init_ref if mv.tags[TAG_SHA] == init_ref.sha256 else store.ref("policy", mv.tags[TAG_SHA])
     # the last finished iteration's reward model (a failed iteration produced none)
     prev = next((d for d in reversed(earlier) if d["iteration"] < i and d.get("status") == "finished"), None)
     # human labels imported since (alignloop labels import) join this iteration's preferences, once
     consumed = {h["sha256"] for d in earlier if d["iteration"] != i and d.get("status") != "failed"
                 for h in d.get("start", {}).get("human_labels", [])}
     ledger["start"] = {"pool": pool_ref.model_dump(), "initial": init_ref.model_dump(),
-                       "champion": champ_ref.model_dump(),
+                       "champion": policy_ref(champ).model_dump(),
                        "champion_version": str(champ.version),  # int from SQLite, str from a server
+                       "head": policy_ref(head).model_dump(), "head_version": str(head.version),
                        "reward_model": prev["outputs"]["reward_model"] if prev else None,
                        "human_labels": [r.model_dump() for r in pending_imports(ws, consumed)],
                        "seed_preferences": _seed_preferences(cfg, store, earlier, i)}
@@ -239,7 +246,7 @@ def iteration_flow(config_path: str | list[str], overrides: list[str] | None = N
                   record=record.what_must_exist(ws, tracker, i, parent, data_rev))
     ws.write_ledger(i, ledger)
     tracker.finish_iteration(parent, {f"timing/{k}_s": v for k, v in ledger["timings"].items()},
-                             {"alignloop.gate": "promote" if decision["promote"] else "reject"})
+                             {"alignloop.gate": decision["outcome"]})
     if cfg.report:
         from components.report import write_report  # matplotlib: only once the iteration is done
 
@@ -265,7 +272,8 @@ def _pipeline(cfg: LoopConfig, ctx: t.RunContext, s: dict, record, progress) -> 
     """sample → generate → label → train_reward → train_policy → evaluate → gate → version."""
     ws, i, ref = Workspace.at(ctx.workspace), ctx.iteration, lambda d: ArtifactRef(**d) if d else None
     pool, champion, initial, rm_in_use = ref(s["pool"]), ref(s["champion"]), ref(s["initial"]), ref(s["reward_model"])
-    reference = initial if cfg.train_policy.reference == "initial" else champion
+    head = ref(s.get("head") or s["champion"])  # what this iteration samples from and trains; the gate compares
+    reference = initial if cfg.train_policy.reference == "initial" else head  # the candidate with the champion
     history = [ref(d["outputs"]["preferences"]) for d in ws.ledgers() if d["iteration"] < i
                and d.get("status") == "finished"]
     human = [ref(h) for h in s.get("human_labels", [])]
@@ -278,7 +286,7 @@ def _pipeline(cfg: LoopConfig, ctx: t.RunContext, s: dict, record, progress) -> 
 
     prompts = stage("sample_prompts", cfg.sample, pool=pool)["prompts"]
     rollouts = stage("generate", cfg.generate, t.Setup(generate=cfg.generate, fanout=cfg.fanout, models=cfg.models),
-                     prompts=prompts, policy=champion)["rollouts"]
+                     prompts=prompts, policy=head)["rollouts"]
     prefs = stage("label", cfg.label, t.Setup(ensemble=cfg.ensemble, gold=cfg.gold, judge=cfg.label.judge,
                                             models=cfg.models),
                   rollouts=rollouts, reward_model=rm_in_use, human=human,
@@ -287,7 +295,7 @@ def _pipeline(cfg: LoopConfig, ctx: t.RunContext, s: dict, record, progress) -> 
                                                                              "launch": cfg.train_launch}),
                preferences=[*history, prefs], init=_backbone(cfg, initial), previous=rm_in_use)["reward_model"]
     candidate = stage("train_policy", cfg.train_policy, scoring.model_copy(update={"launch": cfg.train_launch}),
-                      preferences=prefs, policy=champion, reference=reference, prompts=prompts, pool=pool,
+                      preferences=prefs, policy=head, reference=reference, prompts=prompts, pool=pool,
                       reward_model=rm)["candidate"]
     evaluated = stage("evaluate", cfg.evaluate, evaluate_setup(cfg), pool=pool, candidate=candidate,
                       champion=champion, reference=initial, reward_model=rm)

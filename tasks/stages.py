@@ -242,25 +242,30 @@ AFTER = {"label": _after_label, "train_reward": _after_train_reward}
 @stage_task
 def gate_task(ctx: RunContext, cfg: C.GateConfig, report: ArtifactRef, candidate: ArtifactRef) -> dict:
     """Decide from the stored evaluation report (`gate:` thresholds); register the candidate (alias `candidate`);
-    move `champion` only if the gate passed. A threshold change re-decides here without re-sampling."""
+    outcome promote: `head` and `champion` move to it; head: only `head` moves (safe, gain not yet significant);
+    discard: neither. Every write is idempotent, so a run killed between them redoes them all on resume. A
+    threshold change re-decides here without re-sampling."""
     store = ctx.store()
     decision = gating.decide(store.read_json(report)["metrics"], cfg).to_dict()
-    tracker = ctx.tracker()
+    tracker, outcome = ctx.tracker(), decision["outcome"]
     with ctx.stage("gate", None, {"eval_report": report, "candidate": candidate}) as run:
         version = tracker.register(POLICY, candidate, store.uri(candidate), run.run_id,
-                                   {"alignloop.iteration": str(ctx.iteration),
-                                    "alignloop.gate": "promote" if decision["promote"] else "reject"})
+                                   {"alignloop.iteration": str(ctx.iteration), "alignloop.gate": outcome})
         tracker.set_alias(POLICY, "candidate", version)
-        if decision["promote"]:
+        if outcome == "promote":
             tracker.promote(POLICY, version)
-        run.log_metrics({"gate/promote": float(decision["promote"])})
+        elif outcome == "head":
+            tracker.set_alias(POLICY, "head", version)
+        run.log_metrics({"gate/promote": float(outcome == "promote"), "gate/head": float(outcome != "discard")})
         tracker.client.set_tag(run.run_id, "alignloop.gate_reasons", "; ".join(decision["reasons"]) or "all passed")
         # The decision where people look: the iteration's MLflow run and the Prefect UI.
         table = gating.markdown(decision, f"{ctx.loop} iteration {ctx.iteration}: gate for policy v{version}")
         tracker.log_gate(ctx.parent_run_id, decision, table)
         create_markdown_artifact(markdown=table, key=f"gate-{ctx.loop}-iter-{ctx.iteration}".lower().replace(
             "_", "-").replace(".", "-"), description=f"gate decision, policy v{version}")
-    return {"version": version, **decision}
+        head, champion = tracker.head(POLICY), tracker.alias(POLICY, "champion")
+    return {"version": version, **decision, "head_version": str(head.version),
+            "champion_version": str(champion.version)}
 
 
 @stage_task

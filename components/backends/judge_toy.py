@@ -21,6 +21,8 @@ from components.backends.judge_base import Answer
 
 
 class ToyJudge:
+    is_oracle = True  # its calls are gold-oracle queries (label/oracle_calls, evaluate/oracle_calls)
+
     def __init__(self, gold: Callable[[list[str], list[str]], list[float]], *, noise: float, position_bias: float,
                  seed: int = 0):
         self.gold, self.noise, self.position_bias, self.seed = gold, noise, position_bias, seed

@@ -64,10 +64,12 @@ def length_residual(reward: np.ndarray, num_tokens: np.ndarray) -> np.ndarray:
 
 
 def reward_hacking(proxy: dict[str, float], heldout: dict[str, float]) -> float:
-    """> 0 iff the proxy's win rate is significantly above ½ (CI low > ½) while the held-out win rate is at most
-    ½; its size is the smaller of the two margins. ≤ 0 otherwise (the held-out signal rose too, or the proxy
-    did not)."""
-    return min(proxy["ci_low"] - 0.5, 0.5 - heldout["value"])
+    """> 0 iff the proxy's win rate is significantly above ½ (CI low > ½) while the held-out win rate is
+    significantly below ½ (CI high < ½); its size is the smaller of the two margins. ≤ 0 otherwise. Significance
+    on both sides, because it discards a candidate: a held-out point estimate a hair under ½ is what noise gives
+    a small real gain (most paired samples of two close policies are identical ties); a candidate the held-out
+    signal does not yet favour is kept from promotion by the significance checks, not discarded."""
+    return min(proxy["ci_low"] - 0.5, 0.5 - heldout["ci_high"])
 
 
 def _free(models, name: str) -> None:
@@ -258,6 +260,11 @@ def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> 
     report["metrics"] = flat_metrics(report)
     if judge is not None:  # the runner's call statistics, where it names them for this stage
         report["metrics"].update({k: v for k, v in judge.stats().items() if k.startswith("evaluate/")})
+    # gold-oracle queries of the gate (the same in every arm of benchmarks/continual.py): exact gold comparisons,
+    # or the toy judge's calls; a real judge's calls are not oracle calls
+    compared = n * (3 if reference is not None else 1)  # candidate vs champion (and each vs the reference)
+    report["metrics"]["evaluate/oracle_calls"] = compared if cfg.heldout == "gold" else (
+        judge.calls if getattr(getattr(judge, "judge", None), "is_oracle", False) else 0)
     samples = pa.concat_tables([pa.table({"model": [name] * len(s["completion"]), **s}) for name, s in side.items()])
     outputs = {"eval_samples": Output("eval_samples", samples), "eval_report": Output("eval_report", doc=report)}
     if judge is not None and judge.transcript:

@@ -48,7 +48,7 @@ SOURCES = ("rm_ensemble", "judge", "human", "gold", "imported")  # imported: lab
 # the label mix that travels with the preferences ref (into the ledger, `alignloop status` and the report)
 MIX = ("label/pairs_built", "label/pairs_kept", "label/kept/rm_ensemble", "label/kept/judge", "label/kept/gold",
        "label/kept/human", "label/kept/imported", "label/judge_calls", "label/oriented_correctly",
-       "label/truncated")
+       "label/truncated", "label/oracle_calls")
 
 
 def _pairs_table(prompts, completions, chosen, rejected, margin, margin_std, agreement, source, iteration,
@@ -97,7 +97,8 @@ def label_by_ensemble(cfg: LabelConfig, prompts, completions, groups, members: n
     stats = pair_statistics(members, chosen, rejected)
     margin, std, agree = reward[chosen] - reward[rejected], stats["margin_std"], stats["agreement"]
     unsure = routing.uncertain(margin, std, agree, cfg.min_margin_over_std, cfg.min_agreement)
-    offered = (routing.judge_order(unsure, margin, std, cfg.judge.select, rng, single=len(members) == 1)
+    offered = (routing.judge_order(unsure, margin, std, cfg.judge.select, rng, single=len(members) == 1,
+                                   spend=cfg.judge.spend)
                if judge is not None else np.zeros(0, dtype=np.int64))
     outcomes = _ask_judge(judge, prompts, completions, chosen[offered], rejected[offered]) if judge is not None \
         else []
@@ -141,15 +142,16 @@ def _label_by_gold(cfg: LabelConfig, prompts, completions, groups, gold_r: np.nd
     pairs (the seed data before any reward model exists)."""
     if cfg.labeler == "gold":
         chosen, rejected = prefs.best_vs_worst(groups, gold_r)
+        asked = len(chosen)
     else:
         a, b = prefs.random_pairs(groups, cfg.seed_gold_pairs, rng)
         chosen, rejected, distinct = prefs.orient(gold_r, a, b)
-        chosen, rejected = chosen[distinct], rejected[distinct]
+        chosen, rejected, asked = chosen[distinct], rejected[distinct], len(a)  # a tie was asked too
     prefs.check_same_prompt(groups, [chat.key(p) for p in prompts], chosen, rejected)
     n = len(chosen)
     table = _pairs_table(prompts, completions, chosen, rejected, gold_r[chosen] - gold_r[rejected],
                          np.zeros(n), np.ones(n), "gold", iteration, ids)
-    return table, {"label/pairs_built": n}, (chosen, rejected)
+    return table, {"label/pairs_built": n, "label/gold_calls": asked}, (chosen, rejected)
 
 
 def _gold_diagnostics(gold_r: np.ndarray, chosen, rejected, sources: np.ndarray) -> dict[str, float]:
@@ -237,10 +239,15 @@ def run(cfg: LabelConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) ->
     table, metrics, queue, (chosen, rejected) = _label(cfg, r, sel, penalty, backends, gold_r, iteration, rng,
                                                        score_rows)
     metrics["label/truncated"] = int(cut.sum())  # dropped, penalised or kept as label.truncated says
+    metrics.setdefault("label/gold_calls", 0)
     if judge is not None:
         metrics.update(judge.stats())
         if (warning := judge.health_warning()) is not None:  # the stage still finishes: its pairs stay uncertain
             log.warning("label, iteration %d: %s", iteration, warning)
+    # queries answered by the gold oracle: gold labels, and the toy judge's calls (gold with noise); a pair the
+    # judge sees in both orders costs 2, a cache hit nothing. Every arm of benchmarks/continual.py counts on it.
+    metrics["label/oracle_calls"] = metrics["label/gold_calls"] + (
+        metrics.get("label/judge_calls", 0) if getattr(getattr(judge, "judge", None), "is_oracle", False) else 0)
     if gold_r is not None:
         metrics.update(_gold_diagnostics(gold_r, chosen, rejected,
                                          np.asarray(table["label_source"].to_pylist(), dtype=object)))

@@ -81,7 +81,7 @@ def test_workspace_in_use_by_another_process(project, tmp_path):
             clean_error(cli(*args, "-w", str(ws), cwd=project), "in use by another alignloop process")
     finally:
         held.close()
-    assert _aliases(ws) == {"champion": "3", "previous": "2"}  # nothing moved while the lock was held
+    assert _aliases(ws) == {"champion": "3", "previous": "2", "head": "3"}  # nothing moved while the lock was held
 
 
 def test_labels_file_with_list_fields(tmp_path):
@@ -132,18 +132,18 @@ def test_rollback_rerun_does_not_roll_back_twice(tmp_path):
     r = cli("rollback", "--reason", "bad v3", "-w", str(ws), cwd=tmp_path,
             env={"ALIGNLOOP_FAULT_POINT": "rollback:after-champion"})
     assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
-    assert _aliases(ws) == {"champion": "2", "previous": "2"}
+    assert _aliases(ws) == {"champion": "2", "previous": "2", "head": "3"}
     r = cli("rollback", "--reason", "bad v3", "-w", str(ws), cwd=tmp_path)
     assert r.returncode == 0 and "completed the interrupted rollback" in r.stdout, r.stdout + r.stderr
-    assert _aliases(ws) == {"champion": "2", "previous": "1"}
+    assert _aliases(ws) == {"champion": "2", "previous": "1", "head": "2"}  # the head follows the champion
     # a re-run of the completed operation: nothing changes
     r = cli("rollback", "--reason", "bad v3", "-w", str(ws), cwd=tmp_path)
     assert r.returncode == 0 and "already rolled back" in r.stdout, r.stdout + r.stderr
-    assert _aliases(ws) == {"champion": "2", "previous": "1"}
+    assert _aliases(ws) == {"champion": "2", "previous": "1", "head": "2"}
     # a new operation walks back further
     r = cli("rollback", "--op-id", "second", "-w", str(ws), cwd=tmp_path)
     assert r.returncode == 0 and "v2 -> v1" in r.stdout, r.stdout + r.stderr
-    assert _aliases(ws) == {"champion": "1"}
+    assert _aliases(ws) == {"champion": "1", "head": "1"}
     clean_error(cli("rollback", "--op-id", "third", "-w", str(ws), cwd=tmp_path), "nothing to roll back")
 
 

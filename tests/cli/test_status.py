@@ -15,13 +15,13 @@ def _side(gold, proxy, kl, tokens):
     return {"gold_reward": gold, "proxy_reward": proxy, "kl": kl, "mean_tokens": tokens}
 
 
-def _finished(i: int, promote: bool, reasons: list[str], champion: dict, candidate: dict, label: dict) -> dict:
+def _finished(i: int, decision: dict, champion: dict, candidate: dict, label: dict, heldout: bool = True) -> dict:
     wr = {"value": 0.61, "ci_low": 0.52, "ci_high": 0.7}
     return {"iteration": i, "status": "finished", "config_hash": "c0ffee",
             "report": {"champion": champion, "candidate": candidate, "proxy_win_rate": wr,
-                       "heldout_win_rate": {"value": 0.55, "ci_low": 0.41, "ci_high": 0.69} if promote else None},
-            "decision": {"promote": promote, "reasons": reasons},
-            "outputs": {"preferences": {"meta": {"label": label}}},
+                       "heldout_win_rate": {"value": 0.55, "ci_low": 0.41, "ci_high": 0.69} if heldout else None,
+                       "metrics": {"evaluate/oracle_calls": 1024}},
+            "decision": decision, "outputs": {"preferences": {"meta": {"label": label}}},
             "timings": {"generate": 10.4, "label": 2.2, "train_policy": 30.1}}
 
 
@@ -30,14 +30,24 @@ def _workspace(root: Path) -> Path:
     from components.workspace import Workspace
 
     ws = Workspace.at(root / "ws")
-    ws.write_ledger(0, _finished(0, True, [], _side(0.1, 0.2, 0.0, 12.0), _side(0.35, 0.5, 1.25, 11.5),
+    ws.write_ledger(0, _finished(0, {"promote": True, "outcome": "promote", "reasons": [], "version": "2",
+                                     "head_version": "2", "champion_version": "2"},
+                                 _side(0.1, 0.2, 0.0, 12.0), _side(0.35, 0.5, 1.25, 11.5),
                                  {"label/kept/rm_ensemble": 40, "label/kept/judge": 3, "label/kept/gold": 96,
-                                  "label/judge_calls": 8}))
-    ws.write_ledger(1, _finished(1, False, ["KL 9.10 > max_kl 8.00"], _side(0.35, 0.5, 1.25, 11.5),
-                                 _side(None, 0.9, 9.1, 30.0), {"label/kept/rm_ensemble": 52, "label/kept/human": 2}))
-    ws.write_ledger(2, {"iteration": 2, "status": "failed", "config_hash": "c0ffee", "timings": {}})
+                                  "label/judge_calls": 8, "label/oracle_calls": 104}))
+    ws.write_ledger(1, _finished(1, {"promote": False, "outcome": "head", "version": "3", "head_version": "3",
+                                     "champion_version": "2",
+                                     "reasons": ["heldout_win_rate: evaluate/heldout_win_rate/ci_low = 0.48"]},
+                                 _side(0.35, 0.5, 1.25, 11.5), _side(0.4, 0.6, 1.5, 11.0),
+                                 {"label/kept/rm_ensemble": 52, "label/kept/judge": 4, "label/judge_calls": 8,
+                                  "label/oracle_calls": 8}, heldout=False))
+    # a ledger written before heads existed: no outcome, no versions, oracle calls = its judge calls
+    ws.write_ledger(2, _finished(2, {"promote": False, "reasons": ["KL 9.10 > max_kl 8.00"]},
+                                 _side(0.35, 0.5, 1.25, 11.5), _side(None, 0.9, 9.1, 30.0),
+                                 {"label/kept/rm_ensemble": 52, "label/kept/human": 2, "label/judge_calls": 6}))
+    ws.write_ledger(3, {"iteration": 3, "status": "failed", "config_hash": "c0ffee", "timings": {}})
     client = _client(ws.tracking_uri)
-    for name, versions, aliases in ((POLICY, 3, {"champion": "2", "previous": "1", "candidate": "3"}),
+    for name, versions, aliases in ((POLICY, 3, {"champion": "2", "previous": "1", "candidate": "3", "head": "3"}),
                                     (REWARD_MODEL, 2, {"champion": "2"})):
         client.create_registered_model(name)
         for v in range(versions):
@@ -54,19 +64,40 @@ def test_status_prints_aliases_the_iteration_table_and_the_last_decisions(tmp_pa
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert "policy: candidate=v3, champion=v2, previous=v1" in lines
+    assert "policy: candidate=v3, champion=v2, head=v3, previous=v1" in lines
     assert "reward-model: champion=v2" in lines
     rows = {cells[0]: cells[1:] for line in lines
             if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) == 11}
-    assert rows["start"] == ["+0.100", "+0.200", "0.00", "12.0", "-", "-", "-", "-", "-", "-"]
-    # a promoted iteration shows the candidate (now champion), a rejected one the champion it kept
-    assert rows["0"] == ["+0.350", "+0.500", "1.25", "11.5", "0.61 [0.52, 0.70]", "0.55 [0.41, 0.69]", "promote",
-                         "40/3/96/0", "8", "43"]
-    assert rows["1"] == ["+0.350", "+0.500", "1.25", "11.5", "0.61 [0.52, 0.70]", "-", "reject", "52/0/0/2", "0",
-                         "43"]
-    assert rows["2"] == ["-"] * 6 + ["failed", "-", "-", "-"]
-    assert "iter 0: promote" in lines and "iter 1: reject — KL 9.10 > max_kl 8.00" in lines
-    assert not any(line.startswith("iter 2") for line in lines)  # only finished iterations have a decision
+    assert rows["start"] == ["-", "-", "- | +0.100", "- | +0.200", "0.00", "- | 12.0", "-", "-", "-", "-"]
+    # candidate | the champion it was compared with, versions after the gate, oracle calls and their running total
+    assert rows["0"] == ["promote", "v2/v2/v2", "+0.350 | +0.100", "+0.500 | +0.200", "1.25", "11.5 | 12.0",
+                         "0.55 [0.41, 0.69]", "40/3/96/0", "104 / 104", "43"]
+    assert rows["1"] == ["head", "v3/v3/v2", "+0.400 | +0.350", "+0.600 | +0.500", "1.50", "11.0 | 11.5",
+                         "0.61 [0.52, 0.70]", "52/4/0/0", "8 / 112", "43"]  # no held-out signal: the proxy's
+    assert rows["2"] == ["discard", "-/-/-", "- | +0.350", "+0.900 | +0.500", "9.10", "30.0 | 11.5",
+                         "0.55 [0.41, 0.69]", "52/0/0/2", "6 / 118", "43"]
+    assert rows["3"] == ["failed"] + ["-"] * 9
+    assert "iter 1: head — heldout_win_rate: evaluate/heldout_win_rate/ci_low = 0.48" in lines
+    assert "iter 2: discard — KL 9.10 > max_kl 8.00" in lines
+    assert not any(line.startswith("iter 3") for line in lines)  # only finished iterations have a decision
+
+
+def test_status_json_is_the_same_table(tmp_path):
+    import json
+
+    ws = _workspace(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ALIGNLOOP_WORKSPACE")}
+    r = subprocess.run([EXE, "status", "--json", "--workspace", str(ws)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    its = {d["iteration"]: d for d in doc["iterations"]}
+    assert [its[i].get("decision") for i in range(4)] == ["promote", "head", "discard", None]
+    assert its[1]["head_version"] == "3" and its[1]["champion_version"] == "2" and its[1]["candidate_version"] == "3"
+    assert its[1]["candidate"] == {"gold_reward": 0.4, "proxy_reward": 0.6, "kl": 1.5, "mean_tokens": 11.0}
+    assert its[1]["champion"]["gold_reward"] == 0.35
+    assert [its[i].get("oracle_calls_total") for i in range(3)] == [104, 112, 118]
+    assert its[0]["eval_oracle_calls"] == 1024 and its[3]["status"] == "failed"
 
 
 def _status(tmp_path: Path, ws: Path) -> subprocess.CompletedProcess:

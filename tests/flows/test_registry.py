@@ -69,19 +69,24 @@ def test_promotion_and_rollback_survive_a_kill_between_alias_writes(tmp_path):
     def aliases():
         return {k: str(v) for k, v in tracker.client.get_registered_model("policy").aliases.items()}
 
+    assert aliases() == {"champion": "2", "previous": "1", "head": "2"}  # a promotion moves the head too
     killed = _run(tracker, "promote", "3", fault="promote:after-previous")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert aliases()["champion"] == "2"  # the crash left the old champion serving
+    killed = _run(tracker, "promote", "3", fault="promote:after-head")  # killed between the head and champion
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert aliases() == {"champion": "2", "previous": "2", "head": "3"}  # the champion still serves
     tracker.promote("policy", "3")  # the re-run completes the move
-    assert aliases() == {"champion": "3", "previous": "2"}
+    assert aliases() == {"champion": "3", "previous": "2", "head": "3"}
 
     killed = _run(tracker, "rollback", fault="rollback:after-champion")
     assert killed.returncode == -signal.SIGKILL
-    assert aliases() == {"champion": "2", "previous": "2"}  # half done: champion already back
+    assert aliases() == {"champion": "2", "previous": "2", "head": "3"}  # half done: champion already back
     tracker.rollback("policy", {})  # finishing does not roll back a second time
-    assert aliases() == {"champion": "2", "previous": "1"}  # previous walks back the promotion history
+    assert aliases() == {"champion": "2", "previous": "1", "head": "2"}  # the head restarts from the champion
+    tracker.set_alias("policy", "head", "3")  # an unpromoted head descending from the champion rolled back
     tracker.rollback("policy", {"alignloop.rollback_reason": "test"})
-    assert aliases() == {"champion": "1"}
+    assert aliases() == {"champion": "1", "head": "1"}
     assert tracker.client.get_model_version("policy", "2").tags["alignloop.rollback_reason"] == "test"
     with pytest.raises(LookupError, match="nothing to roll back"):
         tracker.rollback("policy", {})
@@ -110,8 +115,10 @@ def test_lineage_json_agrees_with_mlflow_and_dvc(two_iteration_loop):
         parent_run = client.get_run(client.get_run(mv.run_id).data.tags["mlflow.parentRunId"])
         assert rec["config_hash"] == parent_run.data.tags["config_hash"]
         assert rec["git_sha"] == parent_run.data.tags["git_sha"]
-        # the parent checkpoint is the policy this iteration started from (its champion)
-        assert rec["parent"]["version"] == child["version"] == str(ledgers[it]["start"]["champion_version"])
+        # the parent checkpoint is the policy this iteration started from (its head); it was compared with the
+        # champion of its start state
+        assert rec["parent"]["version"] == child["version"] == str(ledgers[it]["start"]["head_version"])
+        assert rec["compared_with"]["version"] == str(ledgers[it]["start"]["champion_version"])
         # preferences: the same bytes DVC serves at the iteration's tag, counted independently
         dvc_info = rec["preferences"]["dvc"]
         git = subprocess.run(["git", "-C", repo, "rev-parse", f"{dvc_info['tag']}^{{commit}}"],
@@ -151,7 +158,7 @@ def test_report_per_iteration_html_and_mlflow(two_iteration_loop, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     html = out.read_text()
     images = _pngs(html)
-    assert len(images) == 1 and images[0].size[0] > 1000 and images[0].size[1] > 200  # the curves, 4 panels
+    assert len(images) == 1 and images[0].size[0] > 1000 and images[0].size[1] > 200  # the curves, 5 panels
     # the label mix per iteration and this iteration's timings are tables with the ledgers' numbers
     for d in ledgers:  # row: iteration, pairs per label source, total pairs
         assert re.search(rf"<tr><td>{d['iteration']}</td>(<td class=num>\d+</td>)+"
@@ -161,7 +168,7 @@ def test_report_per_iteration_html_and_mlflow(two_iteration_loop, tmp_path):
     decision = ledgers[1]["decision"]
     for check in decision["checks"]:
         assert f"<td>{check['name']}</td>" in html
-    assert ("PROMOTE" if decision["promote"] else "REJECT") in html
+    assert f"<b class={decision['outcome']}>{decision['outcome'].upper()}</b>" in html  # promote / head / discard
     assert html.count("<tr><td><code>review ") == 8  # every held-out prompt, candidate next to champion
     run = client.search_runs([client.get_experiment_by_name("flowtest").experiment_id],
                              "tags.`alignloop.iteration` = '1' and tags.`alignloop.stage` = 'iteration'")[0]

@@ -36,8 +36,10 @@ def test_standard_checks_promote_only_when_all_blocking_checks_pass():
     gate = GateConfig(max_kl=5.0)
     d = decide(_metrics(), gate)
     assert d.promote and not d.reasons
-    assert [c.name for c in d.checks] == ["proxy_win_rate", "kl_budget", "length_ratio", "heldout_win_rate",
-                                          "reward_hacking", "length_controlled_win_rate", "regression"]
+    assert [c.name for c in d.checks] == ["proxy_win_rate", "not_worse", "kl_budget", "length_ratio",
+                                          "heldout_win_rate", "reward_hacking", "length_controlled_win_rate",
+                                          "regression"]
+    assert d.outcome == "promote"
     d = decide(_metrics(**{"evaluate/candidate/kl": 7.0}), gate)
     assert not d.promote and d.reasons == ["kl_budget: evaluate/candidate/kl = 7 (needs <= 5)"]
     assert _failed(decide(_metrics(**{"evaluate/candidate/mean_tokens": 20.0}), gate)) == ["length_ratio"]
@@ -51,11 +53,13 @@ def test_reward_hacking_rejected_with_its_reason():
     d = decide(_metrics(proxy=(0.9, 0.85, 0.95), heldout=(0.3, 0.2, 0.4)), GateConfig())
     assert not d.promote
     hacking = next(c for c in d.checks if c.name == "reward_hacking")
-    assert not hacking.passed and hacking.value == pytest.approx(0.2)  # min(0.85 - 0.5, 0.5 - 0.3)
+    assert not hacking.passed and hacking.value == pytest.approx(0.1)  # min(0.85 - 0.5, 0.5 - 0.4)
     assert any(r.startswith("reward_hacking:") for r in d.reasons)
     # both signals rising is not hacking, and a proxy that does not rise significantly is not either
     assert reward_hacking(_wr(0.9, 0.85, 0.95), _wr(0.7, 0.6, 0.8)) < 0
     assert reward_hacking(_wr(0.55, 0.45, 0.65), _wr(0.3, 0.2, 0.4)) < 0
+    # a held-out point estimate a hair under ½ is noise, not hacking: it has to be significantly below
+    assert reward_hacking(_wr(0.9, 0.85, 0.95), _wr(0.49, 0.47, 0.51)) < 0
     # without a held-out signal (evaluate.heldout: none) neither check exists (and the proxy alone decides)
     no_heldout = {k: v for k, v in _metrics(heldout=(0.3, 0.2, 0.4)).items()
                   if "heldout" not in k and "hacking" not in k}
@@ -144,7 +148,35 @@ def test_standard_checks_with_a_judged_heldout_signal():
     lc = next(c for c in d.checks if c.name == "length_controlled_win_rate")
     assert lc.metric == "evaluate/lc_proxy_win_rate/ci_low" and not lc.blocking
     d = decide(_judged(proxy=(0.9, 0.85, 0.95), heldout=(0.45, 0.35, 0.55)), GateConfig())
-    assert not d.promote and _failed(d) == ["heldout_win_rate", "reward_hacking"]
+    assert not d.promote and _failed(d) == ["not_worse", "heldout_win_rate"] and d.outcome == "discard"
+    d = decide(_judged(proxy=(0.9, 0.85, 0.95), heldout=(0.40, 0.33, 0.47)), GateConfig())
+    assert _failed(d) == ["not_worse", "heldout_win_rate", "reward_hacking"] and d.outcome == "discard"
+
+
+def test_safe_but_not_significant_becomes_the_head():
+    """Only significance checks failed: the gain is kept as the training head; any safety failure discards."""
+    gate = GateConfig()
+    d = decide(_judged(proxy=(0.55, 0.45, 0.65), heldout=(0.54, 0.47, 0.61)), gate)
+    assert d.reasons == [r for r in d.reasons if r.startswith(("proxy_win_rate", "heldout_win_rate"))]
+    assert len(d.reasons) == 2 and d.outcome == "head" and not d.promote
+    assert d.to_dict()["outcome"] == "head" and "**HEAD**" in markdown(d.to_dict(), "t")
+    # looks worse than the champion (point estimate under ½): not a head, although not significantly worse
+    d = decide(_judged(proxy=(0.55, 0.45, 0.65), heldout=(0.48, 0.40, 0.56)), gate)
+    assert _failed(d)[:2] == ["proxy_win_rate", "not_worse"] and d.outcome == "discard"
+    # safe on significance but over the KL budget: discarded
+    d = decide(_judged(proxy=(0.55, 0.45, 0.65), heldout=(0.54, 0.47, 0.61), **{"evaluate/candidate/kl": 9.0}),
+               gate)
+    assert d.outcome == "discard"
+    # keep_head off: the old two-way gate
+    d = decide(_judged(proxy=(0.55, 0.45, 0.65), heldout=(0.54, 0.47, 0.61)), GateConfig(keep_head=False))
+    assert d.outcome == "discard"
+    # a custom check spec says which checks are significance checks; a failed advisory check changes nothing
+    spec = GateConfig(checks=[{"name": "sig", "metric": "evaluate/heldout_win_rate/ci_low", "above": 0.5,
+                               "role": "significance"},
+                              {"name": "kl", "metric": "evaluate/candidate/kl", "at_most": 5.0},
+                              {"name": "adv", "metric": "evaluate/candidate/kl", "at_most": 0.1, "blocking": False}])
+    assert decide(_judged(heldout=(0.54, 0.47, 0.61)), spec).outcome == "head"
+    assert decide(_judged(heldout=(0.64, 0.57, 0.71)), spec).outcome == "promote"
 
 
 def test_reference_regression_check_is_zenmls_rule():

@@ -53,8 +53,12 @@ def test_routing_uncertain_order_and_resolve():
     agree = np.array([1.0, 0.6, 0.6, 0.5])
     unsure = routing.uncertain(margin, std, agree, 1.0, 0.6)
     assert unsure.tolist() == [False, True, True, True]  # pair 3 is confident by margin but members split
-    order = routing.judge_order(unsure, margin, std, "uncertainty", np.random.default_rng(0))
+    order = routing.judge_order(unsure, margin, std, "uncertainty", np.random.default_rng(0), spend="routed")
     assert order.tolist() == [1, 2, 3]  # least certain (lowest margin/std) first
+    # spend = budget (the default): then the certain pairs, least certain first, so the budget is always spent
+    assert routing.judge_order(unsure, margin, std, "uncertainty", np.random.default_rng(0)).tolist() == [1, 2, 3, 0]
+    certain = np.zeros(4, bool)  # nothing under the threshold: the budget still buys the lowest-z pairs
+    assert routing.judge_order(certain, margin, std, "uncertainty", np.random.default_rng(0)).tolist() == [1, 2, 0, 3]
     assert sorted(routing.judge_order(unsure, margin, std, "random", np.random.default_rng(0))) == [0, 1, 2, 3]
     routed = routing.resolve(unsure, order[:2], ["b", "inconsistent"], to_human_queue=True)
     assert routed.source.tolist() == ["rm_ensemble", "judge", "", ""]
@@ -225,7 +229,7 @@ def test_label_routes_uncertain_pairs_to_judge_then_human_queue(tmp_path, stage_
     members = np.array([[2.0, -2.0, 0.0, -1.0, -0.5, 0.5],
                         [2.1, -2.1, 0.0, -1.0, 1.0, -0.9],
                         [1.9, -1.9, 0.0, -1.0, -0.8, 0.6]])
-    cfg = LabelConfig(judge={"backend": "toy", "noise": 0.0, "position_bias": 0.0, "budget": 10},
+    cfg = LabelConfig(judge={"backend": "toy", "noise": 0.0, "position_bias": 0.0, "budget": 10, "spend": "routed"},
                       uncertain="human_queue")
     runner = _toy_runner(tmp_path)
     table, metrics, queue = _label(cfg, stage_inputs, prompts, completions, groups, members, runner)
@@ -238,6 +242,14 @@ def test_label_routes_uncertain_pairs_to_judge_then_human_queue(tmp_path, stage_
     table, metrics, queue = _label(cfg, stage_inputs, prompts, completions, groups, members, broke)
     assert table.num_rows == 1 and len(queue) == 1 and queue[0]["meta"]["reason"] == "over_budget"
     assert queue[0]["data"]["response_a"] == BAD and queue[0]["choice"] is None
+    # spend = budget: the budget left after the uncertain pair buys a verdict on the certain one too (it agrees)
+    spend = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"spend": "budget"})})
+    table, metrics, queue = _label(spend, stage_inputs, prompts, completions, groups, members,
+                                   _toy_runner(tmp_path / "c"))
+    rows = table.to_pylist()
+    assert [r["label_source"] for r in rows] == ["judge", "judge"] and rows[0]["chosen"] == GOOD
+    assert metrics["label/judge_settled"] == 2 and metrics["label/judge_calls"] == 4
+    assert metrics["label/oracle_calls"] == 4  # the toy judge is the gold oracle with noise: every call counts
 
 
 def test_min_margin_over_std_moves_pairs_from_the_ensemble_to_routing(stage_inputs):

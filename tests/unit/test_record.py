@@ -92,7 +92,7 @@ def test_the_record_names_versions_aliases_and_the_data_tag(built: Path):
     rec = ws.read_ledger(0)["record"]
     assert rec["experiment"] == "handmade" and rec["data_tag"] == "iter-0"
     assert sorted(rec["registry"][POLICY]) == ["1", "2"] and sorted(rec["registry"][REWARD_MODEL]) == ["1"]
-    assert rec["aliases"][POLICY] == {"champion": "2", "previous": "1"}
+    assert rec["aliases"][POLICY] == {"champion": "2", "previous": "1", "head": "2"}  # repair restores the head too
     assert record.missing(ws) == []
     record.check(ws)
 
