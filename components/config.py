@@ -334,12 +334,12 @@ class EvalConfig(_Frozen):
     Sample size, from the power calculation (components/power.py): the gate passes a true held-out win-rate gain
     δ over ½ with power 0.8 from n = D·(2.80·σ/(a·δ))² paired comparisons (n_prompts × samples_per_prompt; σ ≤ ½,
     D the within-prompt design effect, a = (1 − position_bias)(1 − 2·noise) the judge's attenuation). The
-    embedded default's 128 × 4 = 512 comparisons with the toy judge (a = 0.72) and D ≈ 1.5 detect δ ≈ 0.105,
-    i.e. a true win rate of ~0.61 in one night; smaller nightly gains are kept as the training head
-    (`gate.keep_head`) and promoted once they add up. Both sides sample with the same seed per prompt (common
-    random numbers): where the policies agree the samples are identical ties, the variance the comparison is
-    spared (on the toy ~73% of pairs of consecutive policies are identical, which also shrinks δ by that share).
-    """
+    embedded default's 128 × 16 = 2048 comparisons with the toy judge (a = 0.72) and D ≈ 1.5 detect δ ≈ 0.053
+    (128 × 4 = 512: δ ≈ 0.105), i.e. a true win rate of ~0.55 in one night; smaller nightly gains are kept as
+    the training head (`gate.keep_head`) and promoted once they add up. Both sides sample with the same seed per
+    prompt (common random numbers): where the policies agree the samples are identical ties, the variance the
+    comparison is spared (on the toy ~73% of pairs of consecutive policies are identical, which also shrinks δ by
+    that share)."""
 
     n_prompts: int = Field(64, ge=1, description="Held-out prompts (eval split) scored per iteration (sample size:"
                            " the class docstring).")

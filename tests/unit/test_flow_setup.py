@@ -61,7 +61,7 @@ def test_the_evaluate_stage_gets_its_own_heldout_judge_not_the_labeling_one():
 
     tiny = load_config("configs/tiny.yaml")
     setup = evaluate_setup(tiny)
-    assert setup.judge == tiny.evaluate.judge and setup.judge.budget == 1024 and setup.gold == "toy"
+    assert setup.judge == tiny.evaluate.judge and setup.judge.budget == 4096 and setup.gold == "toy"
     assert (setup.judge_seed, setup.judge_metrics) == ("fixed", "evaluate/heldout_judge")
     for heldout in ("gold", "none"):
         setup = evaluate_setup(LoopConfig(evaluate={"heldout": heldout}))
