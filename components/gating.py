@@ -59,6 +59,11 @@ class GateDecision:
 HELDOUT = "evaluate/heldout_win_rate/ci_low"  # present iff the evaluation had a held-out signal
 
 
+def outcome_of(decision: dict) -> str:
+    """promote | head | discard of a decision dict (a ledger from before heads: promote or discard)."""
+    return decision.get("outcome") or ("promote" if decision["promote"] else "discard")
+
+
 def standard_checks(gate: GateConfig, metrics: dict[str, float]) -> tuple[GateCheck, ...]:
     """The default specification, from the thresholds in `gate` and what the evaluation measured (its metrics):
     the held-out checks where it had a held-out signal (`evaluate.heldout`), the length-controlled held-out win

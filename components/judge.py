@@ -130,6 +130,11 @@ class JudgeRunner:
         self._failed_in_a_row, self._down, self._fatal = 0, False, None
         self._rng = random.Random()  # retry jitter only (never a verdict)
 
+    @property
+    def is_oracle(self) -> bool:
+        """Its calls are gold-oracle queries (the toy judge): counted in label/oracle_calls, evaluate/oracle_calls."""
+        return getattr(self.judge, "is_oracle", False)
+
     # -- one question ---------------------------------------------------------------------------------------
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         base = self.backoff_s * 2**attempt

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from components.artifacts import ArtifactRef, ArtifactStore
+from components.gating import outcome_of
 from components.workspace import Workspace
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -73,7 +74,7 @@ def curves_figure(ledgers: list[dict]):
             ys = [d["report"][side].get(key) for d in done]
             ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=side)
         for xi, d in zip(x, done):  # promoted iterations marked green, new training heads yellow
-            outcome = d["decision"].get("outcome") or ("promote" if d["decision"]["promote"] else "discard")
+            outcome = outcome_of(d["decision"])
             if outcome != "discard":
                 ax.axvline(xi, color="#17692b" if outcome == "promote" else "#c9a400", alpha=0.15, lw=6)
         ax.set_title(title, fontsize=10)

@@ -92,9 +92,10 @@ def status(workspace: Path = WorkspaceOpt,
                                         "iteration: decision, versions, candidate/champion numbers, oracle calls)")):
     """Iterations so far (gate outcome; candidate, head and champion versions; candidate vs champion numbers;
     oracle calls), the registry's aliases, and the last gate decisions."""
+    from components.gating import outcome_of
     from components.workspace import Workspace
     from flows.cmd_workspace import registry_lines, shown_ledgers
-    from flows.common import iteration_records, outcome_of
+    from flows.common import iteration_records
 
     ws = Workspace.at(workspace_dir(workspace))
     ledgers, notes = shown_ledgers(ws)

@@ -24,9 +24,10 @@ import typer
 
 from components.artifacts import ArtifactStore, CorruptArtifact
 from components.config import ConfigError
+from components.gating import outcome_of
 from components.lineage import POLICY, REWARD_MODEL, TAG_ITER, TAG_SHA, Tracker, _client
 from components.workspace import Workspace
-from flows.common import WorkspaceOpt, console, fail, outcome_of, quiet_env, take_lock, workspace_dir
+from flows.common import WorkspaceOpt, console, fail, quiet_env, take_lock, workspace_dir
 
 TAG_ROLLBACK = "alignloop.rollback"  # the last rollback's intent (see `rollback`)
 

@@ -34,16 +34,13 @@ def workspace_dir(path: Path | None) -> Path:
 MODEL_KEYS = ("gold_reward", "proxy_reward", "kl", "mean_tokens")
 
 
-def outcome_of(decision: dict) -> str:
-    """promote | head | discard (a ledger from before heads: promote or discard)."""
-    return decision.get("outcome") or ("promote" if decision["promote"] else "discard")
-
-
 def iteration_records(ledgers: list[dict]) -> list[dict]:
     """One record per iteration (what `alignloop status --json` prints and the table shows): the gate's outcome,
     the candidate / head / champion versions after it, candidate and champion (the one it was compared with)
     held-out numbers, the win rates, the label mix, oracle calls (this iteration's labels, its gate, and the
     labels' running total), seconds."""
+    from components.gating import outcome_of
+
     out, total = [], 0
     for d in ledgers:
         rec = {"iteration": d["iteration"], "status": d.get("status", "?")}
