@@ -264,7 +264,7 @@ def run(cfg: EvalConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) -> 
     # or the toy judge's calls; a real judge's calls are not oracle calls
     compared = n * (3 if reference is not None else 1)  # candidate vs champion (and each vs the reference)
     report["metrics"]["evaluate/oracle_calls"] = compared if cfg.heldout == "gold" else (
-        judge.calls if judge is not None and judge.is_oracle else 0)
+        judge.calls if getattr(judge, "is_oracle", False) else 0)
     samples = pa.concat_tables([pa.table({"model": [name] * len(s["completion"]), **s}) for name, s in side.items()])
     outputs = {"eval_samples": Output("eval_samples", samples), "eval_report": Output("eval_report", doc=report)}
     if judge is not None and judge.transcript:

@@ -247,7 +247,7 @@ def run(cfg: LabelConfig, inputs: Inputs, *, backends: Backends, seed: Seeds) ->
     # queries answered by the gold oracle: gold labels, and the toy judge's calls (gold with noise); a pair the
     # judge sees in both orders costs 2, a cache hit nothing. Every arm of benchmarks/continual.py counts on it.
     metrics["label/oracle_calls"] = metrics["label/gold_calls"] + (
-        metrics.get("label/judge_calls", 0) if judge is not None and judge.is_oracle else 0)
+        metrics.get("label/judge_calls", 0) if getattr(judge, "is_oracle", False) else 0)
     if gold_r is not None:
         metrics.update(_gold_diagnostics(gold_r, chosen, rejected,
                                          np.asarray(table["label_source"].to_pylist(), dtype=object)))
